@@ -1,0 +1,29 @@
+"""CRC-MSI: MSIMUT vs MSS from H&E tiles (Kather 2019), as in the paper's §3.
+
+Needs the four zenodo zips in `dataset.manual_dir` (run without them for the
+list); the dataset is built on first use, or beforehand with
+  python -m data_prep.build crc_msi --manual_dir=~/danil_data/crc_msi
+
+python -m danil_jax.main --config=configs/crc_msi.py --workdir=/tmp/crc_msi
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset.name = 'crc_msi'
+  config.dataset.builder_config = 'default'
+  config.dataset.manual_dir = '~/danil_data/crc_msi'
+  config.dataset.num_classes = 2
+  # The official split: train + validation are the 93,408 training tiles.
+  # 'validation' holds out 10% of the training patients for tuning; the
+  # test split (98,904 tiles) is for the final numbers only.
+  config.dataset.train_split = 'train+validation'
+  config.dataset.eval_split = 'test'
+  # The tiles are 224x224, ResNet-50's input size: no resampling.
+  config.dataset.image_size = 0
+  config.model.name = 'resnet50'
+  # Paper: SGD, learning rate 0.01, 30 epochs, lambda 1e-5, epsilon 1e-4.
+  config.input.num_workers = 4
+  return config

@@ -1,0 +1,39 @@
+"""Command line entry point.
+
+python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/demo
+  [--config.method=danil --config.danil.lam=1e-5 ...]
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics; '
+                    'rerunning with the same one resumes.')
+flags.mark_flags_as_required(['workdir'])
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = flags.FLAGS.config
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax and TFDS log every file they touch at INFO; keep the console to
+    # the progress bars and results unless --verbosity asks for more.
+    logging.set_verbosity(logging.WARNING)
+  if config is None:
+    raise app.UsageError('--config=configs/<name>.py is required')
+  # Imported here so --help answers without loading JAX.
+  import jax
+  if config.distributed:
+    jax.distributed.initialize()
+  from danil_jax import train
+  logging.info('config:\n%s', config)
+  train.train_and_evaluate(config, flags.FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,159 @@
+"""Pure training and evaluation steps (no I/O), for Base, OHEM and DANIL.
+
+The steps take and return globally sharded arrays; `train.py` jits them over
+the device mesh. BatchNorm running statistics are taken from the one forward
+pass of the step (for DANIL, the forward inside the input VJP).
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from danil_jax import losses
+
+METHODS = ('base', 'ohem', 'danil')
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  rng: jax.Array  # base key; each step folds in its step number
+
+
+def make_optimizer(optim, steps_per_epoch: int,
+                   num_epochs: int) -> optax.GradientTransformation:
+  """SGD as in the paper, with optional momentum, weight decay and schedule."""
+  total_steps = max(1, steps_per_epoch * num_epochs)
+  warmup_steps = int(optim.warmup_epochs * steps_per_epoch)
+  if optim.schedule == 'constant':
+    schedule = optax.schedules.constant_schedule(optim.learning_rate)
+    if warmup_steps:
+      schedule = optax.schedules.join_schedules(
+          [optax.schedules.linear_schedule(0.0, optim.learning_rate,
+                                           warmup_steps), schedule],
+          [warmup_steps])
+  elif optim.schedule == 'cosine':
+    schedule = optax.schedules.warmup_cosine_decay_schedule(
+        0.0, optim.learning_rate, warmup_steps, total_steps)
+  else:
+    raise ValueError(f"config.optim.schedule must be 'constant' or 'cosine', "
+                     f'got {optim.schedule!r}')
+  sgd = optax.sgd(schedule, momentum=optim.momentum or None,
+                  nesterov=optim.nesterov)
+  if optim.weight_decay:
+    return optax.chain(optax.add_decayed_weights(optim.weight_decay), sgd)
+  return sgd
+
+
+def create_train_state(model, variables, tx, rng) -> TrainState:
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}), tx=tx, rng=rng)
+
+
+def _forward_fn(state: TrainState, params, rng) -> Callable:
+  """x -> (logits, batch_stats updates) in training mode."""
+
+  def logits_fn(x):
+    return state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'], rngs={'dropout': rng})
+
+  return logits_fn
+
+
+def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
+          keep_ratio: float):
+  """Returns (loss, (aux, batch_stats updates)) for one method."""
+  logits_fn = _forward_fn(state, params, rng)
+  images, labels = batch['image'], batch['label']
+  if method == 'danil':
+    loss, aux = losses.danil_loss(logits_fn, images, labels, lam=lam, eps=eps,
+                                  has_aux=True)
+    return loss, (aux, aux.pop('model_aux'))
+  if method not in METHODS:
+    raise ValueError(f'config.method must be one of {METHODS}, got {method!r}')
+  logits, model_updates = logits_fn(images)
+  if method == 'base':
+    loss = losses.cross_entropy_loss(logits, labels)
+  else:
+    loss = losses.ohem_loss(logits, labels, keep_ratio)
+  misclassified = (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
+  aux = dict(ce=losses.cross_entropy_loss(logits, labels),
+             distraction=jnp.zeros((), jnp.float32),
+             misclassified=misclassified, logits=logits)
+  return loss, (aux, model_updates)
+
+
+def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
+               eps: float = 1e-4, keep_ratio: float = 0.7):
+  """One SGD step; returns the new state and scalar metrics."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
+                              method=method, lam=lam, eps=eps,
+                              keep_ratio=keep_ratio)
+  (loss, (aux, model_updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  if model_updates:
+    new_state = new_state.replace(batch_stats=model_updates['batch_stats'])
+  metrics = dict(
+      loss=loss, ce=aux['ce'], distraction=aux['distraction'],
+      misclassified=jnp.mean(aux['misclassified']),
+      grad_norm=optax.global_norm(grads))
+  return new_state, metrics
+
+
+def distraction_gradient_share(state: TrainState, batch, *, lam: float,
+                               eps: float):
+  """How much the DANIL term moves the parameter gradient on this batch.
+
+  Returns ||g_d|| / ||g_ce + g_d|| (`distraction_grad_share`) and
+  ||g_d|| / ||g_ce|| (`distraction_grad_ratio`), with g_ce and g_d the
+  parameter gradients of L+c and lam * Ld (Eq. 6). Both pull back through
+  the same forward, so this costs about one extra backward; call it on
+  logging steps only.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def terms(params):
+    _, aux = losses.danil_loss(_forward_fn(state, params, rng), batch['image'],
+                               batch['label'], lam=lam, eps=eps, has_aux=True)
+    return aux['ce'], lam * aux['distraction']
+
+  (ce, scaled_ld), pullback = jax.vjp(terms, state.params)
+  one, zero = jnp.ones_like(ce), jnp.zeros_like(ce)
+  (g_ce,) = pullback((one, zero))
+  (g_d,) = pullback((zero, one))
+  norm_d = optax.global_norm(g_d)
+  norm_total = optax.global_norm(jax.tree.map(jnp.add, g_ce, g_d))
+  norm_ce = optax.global_norm(g_ce)
+  tiny = jnp.finfo(jnp.float32).tiny
+  return dict(distraction_grad_share=norm_d / jnp.maximum(norm_total, tiny),
+              distraction_grad_ratio=norm_d / jnp.maximum(norm_ce, tiny))
+
+
+def eval_step(state: TrainState, batch):
+  """Predictions and masked loss sums for one (possibly padded) batch."""
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      batch['image'], train=False)
+  mask = batch['mask'].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch['label'])
+  return dict(prediction=jnp.argmax(logits, -1), label=batch['label'],
+              mask=batch['mask'], ce_sum=jnp.sum(ce * mask))
+
+
+def state_to_checkpoint(state: TrainState) -> dict:
+  """The arrays of a TrainState, as a plain tree orbax saves."""
+  return dict(params=state.params, batch_stats=state.batch_stats,
+              opt_state=state.opt_state, step=state.step, rng=state.rng)
+
+
+def state_from_checkpoint(state: TrainState, tree: dict) -> TrainState:
+  return state.replace(**tree)
+

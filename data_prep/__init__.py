@@ -1,0 +1,62 @@
+"""TFDS builders for danil-jax, used without TensorFlow.
+
+Every builder yields examples with at least
+  'image': tfds.features.Image(shape=(None, None, 3))  (uint8 RGB)
+  'label': tfds.features.ClassLabel
+and writes array_record files read through `tfds.data_source` / grain.
+"""
+
+import importlib
+import os
+
+import tensorflow_datasets as tfds
+
+# name -> 'module:ClassName'. Imported lazily: a builder module registers a
+# TFDS name on import and may pull in heavy dependencies.
+BUILDERS = {
+    'danil_demo': 'data_prep.demo.builder:DanilDemo',
+    'ham10000': 'data_prep.ham10000.builder:Ham10000',
+    'aptos2019': 'data_prep.aptos2019.builder:Aptos2019',
+    'crc_msi': 'data_prep.crc_msi.builder:CrcMsi',
+}
+
+
+def builder_class(name: str):
+  try:
+    module_name, class_name = BUILDERS[name].split(':')
+  except KeyError:
+    raise ValueError(
+        f'unknown dataset {name!r}; expected one of {sorted(BUILDERS)}'
+    ) from None
+  return getattr(importlib.import_module(module_name), class_name)
+
+
+def get_builder(name: str, *, data_dir: str, config: str | None = None):
+  """The builder of dataset `name` (and builder config) under `data_dir`."""
+  kwargs = dict(data_dir=os.path.expanduser(data_dir),
+                file_format='array_record')
+  if config:
+    kwargs['config'] = config
+  return builder_class(name)(**kwargs)
+
+
+def prepare(name: str, *, data_dir: str, manual_dir: str | None = None,
+            config: str | None = None):
+  """Returns the builder of `name`, building the dataset first if absent.
+
+  Real datasets read the archives a user placed in `manual_dir`; TFDS writes
+  into a temporary directory and renames it when complete, so a crash leaves
+  nothing that later reads as a finished dataset.
+  """
+  builder = get_builder(name, data_dir=data_dir, config=config)
+  if not builder.is_prepared():
+    manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
+    # Builders of manually downloaded data raise here, before TFDS creates
+    # anything, with the list of archives to download and where to put them.
+    check = getattr(builder, 'check_manual_dir', None)
+    if check is not None:
+      check(manual_dir)
+    download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder.download_and_prepare(
+        file_format='array_record', download_config=download_config)
+  return builder

@@ -1,0 +1,1 @@
+"""TFDS builder; see builder.py."""

@@ -1,0 +1,182 @@
+"""danil_loss against an independent two-gradient reference (Algorithm 1)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+from danil_jax import losses
+
+
+def init_params(key, channels=3, width=4, num_classes=3, dtype=jnp.float32):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return dict(
+      conv=jax.random.normal(k1, (3, 3, channels, width), dtype) * 0.5,
+      scale=1.0 + 0.1 * jax.random.normal(k2, (width,), dtype),
+      dense=jax.random.normal(k3, (width, num_classes), dtype),
+  )
+
+
+def small_conv_net(params, x):
+  """A tiny conv net in plain JAX; the batch normalisation couples samples."""
+  h = jax.lax.conv_general_dilated(
+      x, params['conv'], (2, 2), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  mean = jnp.mean(h, axis=(0, 1, 2))
+  var = jnp.var(h, axis=(0, 1, 2))
+  h = (h - mean) / jnp.sqrt(var + 1e-5) * params['scale']
+  h = jnp.tanh(h)
+  return jnp.mean(h, axis=(1, 2)) @ params['dense']
+
+
+def naive_danil(params, x, labels, lam, eps):
+  """Algorithm 1 literally: A+ and A- from two separate input gradients."""
+  logits = small_conv_net(params, x)
+  pred = jax.lax.stop_gradient(jnp.argmax(logits, -1))
+
+  def summed_ce(x_, y_):
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+        small_conv_net(params, x_), y_))
+
+  a_pos = jax.grad(summed_ce)(x, labels)
+  a_neg = jax.grad(summed_ce)(x, pred)
+  distance = jnp.sum((a_pos - a_neg) ** 2, axis=(1, 2, 3))
+  ld_per_sample = jnp.where(pred != labels, 1.0 / (distance + eps), 0.0)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return jnp.mean(ce) + lam * jnp.mean(ld_per_sample), jnp.mean(ld_per_sample)
+
+
+def fast_danil(params, x, labels, lam, eps):
+  loss, aux = losses.danil_loss(
+      lambda x_: small_conv_net(params, x_), x, labels, lam=lam, eps=eps)
+  return loss, aux['distraction']
+
+
+@pytest.fixture
+def batch():
+  key_x, key_y, key_p = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(key_x, (6, 8, 8, 3))
+  labels = jax.random.randint(key_y, (6,), 0, 3)
+  return init_params(key_p), x, labels
+
+
+@pytest.mark.parametrize('lam', [1e-5, 1.0])
+def test_equals_two_gradient_reference(batch, lam):
+  params, x, labels = batch
+  eps = 1e-4
+  (loss_ref, ld_ref), grads_ref = jax.value_and_grad(
+      naive_danil, has_aux=True)(params, x, labels, lam, eps)
+  (loss, ld), grads = jax.jit(jax.value_and_grad(fast_danil, has_aux=True),
+                              static_argnums=(3, 4))(params, x, labels, lam,
+                                                     eps)
+  # The reference must see misclassified samples, or Ld would be trivially 0.
+  pred = jnp.argmax(small_conv_net(params, x), -1)
+  assert 0 < int(jnp.sum(pred != labels)) < len(labels)
+  assert float(ld_ref) > 0
+  np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+  np.testing.assert_allclose(ld, ld_ref, rtol=1e-5)
+  for name in params:
+    np.testing.assert_allclose(grads[name], grads_ref[name], rtol=1e-5,
+                               atol=1e-6 * float(jnp.max(jnp.abs(
+                                   grads_ref[name]))), err_msg=name)
+
+
+def test_distraction_term_changes_gradient(batch):
+  # Guards the test above: with lam=1 the Ld term must move the gradient, so
+  # an implementation that dropped it would fail there.
+  params, x, labels = batch
+  g_danil = jax.grad(lambda p: fast_danil(p, x, labels, 1.0, 1e-4)[0])(params)
+  g_ce = jax.grad(lambda p: losses.cross_entropy_loss(
+      small_conv_net(p, x), labels))(params)
+  diff = max(float(jnp.max(jnp.abs(g_danil[k] - g_ce[k]))) for k in params)
+  assert diff > 1e-3
+
+
+def test_correct_batch_has_zero_distraction_and_plain_ce_gradient(batch):
+  params, x, _ = batch
+  labels = jnp.argmax(small_conv_net(params, x), -1)
+  (loss, ld), grads = jax.value_and_grad(fast_danil, has_aux=True)(
+      params, x, labels, 1.0, 1e-4)
+  ce_loss, ce_grads = jax.value_and_grad(
+      lambda p: losses.cross_entropy_loss(small_conv_net(p, x), labels))(params)
+  assert float(ld) == 0.0
+  np.testing.assert_allclose(loss, ce_loss, rtol=1e-6)
+  for name in params:
+    np.testing.assert_allclose(grads[name], ce_grads[name], rtol=1e-6,
+                               atol=1e-8)
+
+
+def test_distraction_gradient_matches_finite_differences():
+  with jax.enable_x64(True):
+    key_x, key_p = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(key_x, (4, 6, 6, 2), jnp.float64)
+    params = init_params(key_p, channels=2, width=3, num_classes=3,
+                         dtype=jnp.float64)
+    logits = small_conv_net(params, x)
+    # Every sample misclassified: labels differ from the prediction.
+    labels = (jnp.argmax(logits, -1) + 1) % 3
+
+    def distraction(p):
+      _, aux = losses.danil_loss(lambda x_: small_conv_net(p, x_), x, labels,
+                                 eps=1e-4)
+      return aux['distraction']
+
+    assert float(distraction(params)) > 0
+    check_grads(distraction, (params,), order=1, modes=['rev'], eps=1e-6,
+                atol=1e-5, rtol=1e-5)
+
+
+def test_has_aux_returns_model_aux_from_the_single_forward(batch):
+  params, x, labels = batch
+
+  def logits_fn(x_):
+    logits = small_conv_net(params, x_)
+    return logits, {'mean_logit': jnp.mean(logits)}
+
+  loss, aux = losses.danil_loss(logits_fn, x, labels, has_aux=True)
+  loss_plain, aux_plain = losses.danil_loss(
+      lambda x_: small_conv_net(params, x_), x, labels)
+  np.testing.assert_allclose(loss, loss_plain, rtol=1e-6)
+  np.testing.assert_allclose(aux['model_aux']['mean_logit'],
+                             jnp.mean(aux_plain['logits']), rtol=1e-6)
+  assert aux['misclassified'].shape == (6,)
+  assert aux['distance'].shape == (6,)
+
+
+def test_danil_rejects_bad_shapes(batch):
+  params, x, labels = batch
+  with pytest.raises(ValueError, match='labels'):
+    losses.danil_loss(lambda x_: small_conv_net(params, x_), x, labels[:3])
+
+
+def test_cross_entropy_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, size=5)
+  log_probs = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  expected = -np.mean(log_probs[np.arange(5), labels])
+  np.testing.assert_allclose(losses.cross_entropy_loss(logits, labels),
+                             expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize('keep_ratio,kept', [(0.5, 4), (0.3, 3), (1.0, 7)])
+def test_ohem_keeps_the_hardest_samples(keep_ratio, kept):
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(7, 3)).astype(np.float32) * 3
+  labels = rng.integers(0, 3, size=7)
+  log_probs = logits - np.log(np.sum(np.exp(logits), -1, keepdims=True))
+  ce = -log_probs[np.arange(7), labels]
+  hardest = np.argsort(-ce)[:kept]
+  np.testing.assert_allclose(losses.ohem_loss(logits, labels, keep_ratio),
+                             np.mean(ce[hardest]), rtol=1e-6)
+  # Only the kept samples receive gradient.
+  grad = jax.grad(losses.ohem_loss)(jnp.asarray(logits), labels, keep_ratio)
+  has_grad = np.any(np.abs(np.asarray(grad)) > 0, axis=-1)
+  assert set(np.flatnonzero(has_grad)) == set(hardest)
+
+
+def test_ohem_rejects_bad_ratio():
+  with pytest.raises(ValueError, match='keep_ratio'):
+    losses.ohem_loss(jnp.zeros((2, 2)), jnp.zeros((2,), jnp.int32), 0.0)
