@@ -23,6 +23,7 @@ from danil_jax import checkpointing
 from danil_jax import input_pipeline
 from danil_jax import metrics as metrics_lib
 from danil_jax import models
+from danil_jax import plots
 from danil_jax import run_log
 from danil_jax import sharding
 from danil_jax import steps
@@ -183,6 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     log.write(dict(kind='eval', step=step, epoch=step / steps_per_epoch,
                    split=config.dataset.eval_split, **report))
     if is_chief:
+      plots.plot_curves(log.read(), os.path.join(workdir, plots.CURVES_FILE),
+                        title=f'{config.dataset.name} {config.model.name} '
+                        f'{config.method}')
       print(f'epoch {step / steps_per_epoch:.2f} {config.dataset.eval_split}:'
             f" macro-F1 {report['macro_f1']:.4f} accuracy "
             f"{report['accuracy']:.4f} loss {report['loss']:.4f}", flush=True)

@@ -58,6 +58,7 @@ def test_runs_every_method_and_evaluates_the_whole_test_split(
       assert 0.0 <= record['distraction_grad_share'] <= 1.0
     else:
       assert record['distraction'] == 0.0
+  assert (tmp_path / 'curves.png').stat().st_size > 0
   final = json.load(open(tmp_path / 'final_metrics.json'))
   assert final['accuracy'] == report['accuracy']
 

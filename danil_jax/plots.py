@@ -1,0 +1,83 @@
+"""Training curves of a run, drawn from its `metrics.jsonl`.
+
+  python -m danil_jax.plots --workdir=/tmp/danil_demo   # writes curves.png
+
+The trainer redraws `WORKDIR/curves.png` after every evaluation. The panels
+are what tells a user whether DANIL acts at all: the cross-entropy, Ld
+(Eq. 5), the misclassified fraction (only those samples carry Ld, Algorithm 1)
+and the share of the parameter gradient that lam * Ld contributes (Eq. 6),
+next to the evaluation macro-F1 and accuracy.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+
+from danil_jax import run_log
+
+CURVES_FILE = 'curves.png'
+
+_TRAIN_PANELS = (
+    ('ce', 'cross-entropy L+c (Eq. 3)', 'linear'),
+    ('distraction', 'Ld (Eq. 5)', 'log'),
+    ('misclassified', 'misclassified fraction', 'linear'),
+    ('distraction_grad_share', 'share of grad from lam*Ld', 'log'),
+)
+
+
+def plot_curves(records: list[dict], path: str, title: str = '') -> str:
+  """Draws the train and eval curves of `records` into `path` (a PNG)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # no display on servers and CI
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  train = [r for r in records if r.get('kind') == 'train']
+  evals = [r for r in records if r.get('kind') == 'eval']
+  fig, axes = plt.subplots(1, len(_TRAIN_PANELS) + 1, figsize=(20, 3.6))
+  for ax, (key, label, scale) in zip(axes, _TRAIN_PANELS):
+    points = [(r['epoch'], r[key]) for r in train
+              if key in r and (scale != 'log' or r[key] > 0)]
+    if points:
+      ax.plot(*zip(*points), lw=1)
+      ax.set_yscale(scale)
+    else:
+      ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
+              transform=ax.transAxes)
+    ax.set_title(label, fontsize=10)
+    ax.set_xlabel('epoch')
+  ax = axes[-1]
+  for key in ('macro_f1', 'accuracy'):
+    points = [(r['epoch'], r[key]) for r in evals if key in r]
+    if points:
+      ax.plot(*zip(*points), marker='o', label=key.replace('_', '-'))
+  ax.set_title(f"{evals[-1]['split'] if evals else 'eval'} metrics",
+               fontsize=10)
+  ax.set_xlabel('epoch')
+  ax.set_ylim(0, 1)
+  ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to plot.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  records = run_log.MetricsLog(_WORKDIR.value).read()
+  if not records:
+    raise app.UsageError(f'no metrics in {_WORKDIR.value}/metrics.jsonl')
+  path = plot_curves(records, os.path.join(_WORKDIR.value, CURVES_FILE),
+                     title=_WORKDIR.value)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)
