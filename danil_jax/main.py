@@ -4,6 +4,8 @@ python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/demo
   [--config.method=danil --config.danil.lam=1e-5 ...]
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -30,9 +32,14 @@ def main(argv):
   import jax
   if config.distributed:
     jax.distributed.initialize()
+  from data_prep import common
   from danil_jax import train
   logging.info('config:\n%s', config)
-  train.train_and_evaluate(config, flags.FLAGS.workdir)
+  try:
+    train.train_and_evaluate(config, flags.FLAGS.workdir)
+  except (common.ManualFilesMissing, common.DataError) as e:
+    # The message says which files to fetch or fix; a traceback only hides it.
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -9,10 +9,8 @@ and the share of the parameter gradient that lam * Ld contributes (Eq. 6),
 next to the evaluation macro-F1 and accuracy.
 """
 
+import argparse
 import os
-
-from absl import app
-from absl import flags
 
 from danil_jax import run_log
 
@@ -64,20 +62,19 @@ def plot_curves(records: list[dict], path: str, title: str = '') -> str:
   return path
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory to plot.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  records = run_log.MetricsLog(_WORKDIR.value).read()
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      prog='python -m danil_jax.plots',
+      description='Draws WORKDIR/curves.png from WORKDIR/metrics.jsonl.')
+  parser.add_argument('--workdir', required=True, help='run directory')
+  workdir = parser.parse_args(argv).workdir
+  records = run_log.MetricsLog(workdir).read()
   if not records:
-    raise app.UsageError(f'no metrics in {_WORKDIR.value}/metrics.jsonl')
-  path = plot_curves(records, os.path.join(_WORKDIR.value, CURVES_FILE),
-                     title=_WORKDIR.value)
+    parser.error(f'no metrics in {os.path.join(workdir, "metrics.jsonl")}')
+  path = plot_curves(records, os.path.join(workdir, CURVES_FILE),
+                     title=workdir)
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  main()

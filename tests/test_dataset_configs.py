@@ -78,3 +78,19 @@ def test_crc_msi_config_trains_on_the_dummy_data(tmp_path):
   assert data_prep.get_builder('crc_msi', data_dir=str(tmp_path / 'data')
                                ).is_prepared()
   assert os.listdir(tmp_path / 'work')
+
+
+def test_trainer_without_the_archives_exits_with_the_instructions(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+      [sys.executable, '-m', 'danil_jax.main', '--config=configs/crc_msi.py',
+       f'--workdir={tmp_path / "work"}',
+       f'--config.dataset.manual_dir={tmp_path / "nowhere"}',
+       f'--config.dataset.data_dir={tmp_path / "data"}'],
+      cwd=repo, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert 'CRC_DX_TRAIN_MSIMUT.zip' in result.stderr
+  assert str(tmp_path / 'nowhere') in result.stderr
+  assert 'Traceback' not in result.stderr

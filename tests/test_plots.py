@@ -25,3 +25,10 @@ def test_a_log_without_danil_metrics_still_plots(tmp_path):
                   misclassified=0.4)]
   path = plots.plot_curves(records, str(tmp_path / 'c.png'))
   assert Image.open(path).size[0] > 0
+
+
+def test_command_line_names_a_run_without_metrics(tmp_path, capsys):
+  import pytest
+  with pytest.raises(SystemExit):
+    plots.main([f'--workdir={tmp_path}'])
+  assert 'no metrics' in capsys.readouterr().err
