@@ -18,12 +18,4 @@ def get_config():
   config.dataset.builder_config = 'short512'
   config.dataset.manual_dir = '~/danil_data/aptos2019'
   config.dataset.num_classes = 5
-  # The paper's random 70/30 split: train + validation is its 70%. Tune on
-  # 'train' vs 'validation'; the test split is for the final numbers only.
-  config.dataset.train_split = 'train+validation'
-  config.dataset.eval_split = 'test'
-  config.dataset.image_size = 0  # the backbone's default (224 for ResNet-50)
-  config.model.name = 'resnet50'
-  # Paper: SGD, learning rate 0.01, 30 epochs, lambda 1e-5, epsilon 1e-4.
-  config.input.num_workers = 4
   return config

@@ -19,11 +19,5 @@ def get_config():
   # The official split: train + validation are the 93,408 training tiles.
   # 'validation' holds out 10% of the training patients for tuning; the
   # test split (98,904 tiles) is for the final numbers only.
-  config.dataset.train_split = 'train+validation'
-  config.dataset.eval_split = 'test'
   # The tiles are 224x224, ResNet-50's input size: no resampling.
-  config.dataset.image_size = 0
-  config.model.name = 'resnet50'
-  # Paper: SGD, learning rate 0.01, 30 epochs, lambda 1e-5, epsilon 1e-4.
-  config.input.num_workers = 4
   return config
