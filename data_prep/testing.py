@@ -70,3 +70,21 @@ def label_counts(rows: list[dict]) -> dict[int, int]:
 
 def values(rows: list[dict], field: str) -> set:
   return {r[field] for r in rows}
+
+
+def assert_build_fails(name: str, manual_dir, data_dir, error, *fragments):
+  """Building `name` raises `error` whose message has every fragment, and
+  leaves nothing that reads as a built dataset; returns the error."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  data_dir = str(data_dir)
+  with pytest.raises(error) as info:
+    build(name, str(manual_dir), data_dir)
+  for fragment in fragments:
+    assert fragment in str(info.value)
+  builder = data_prep.get_builder(name, data_dir=data_dir)
+  assert not builder.is_prepared()
+  # TFDS writes into a temporary folder it deletes on failure.
+  variant = os.path.dirname(builder.data_dir)
+  if os.path.isdir(variant):
+    assert not [d for d in os.listdir(variant) if d.startswith('incomplete')]
+  return info.value

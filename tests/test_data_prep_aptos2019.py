@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data_prep
 from data_prep import common
 from data_prep import testing
 
@@ -103,13 +102,8 @@ def _first_id():
 
 
 def _fails(tmp_path, manual, error, *fragments):
-  data_dir = str(tmp_path / 'data')
-  with pytest.raises(error) as info:
-    testing.build(NAME, str(manual), data_dir)
-  for fragment in fragments:
-    assert fragment in str(info.value)
-  assert not data_prep.get_builder(NAME, data_dir=data_dir).is_prepared()
-  return info.value
+  return testing.assert_build_fails(NAME, manual, tmp_path / 'data', error,
+                                    *fragments)
 
 
 @pytest.mark.parametrize('state', ['missing', 'empty'])

@@ -5,7 +5,6 @@ import zipfile
 
 import pytest
 
-import data_prep
 from data_prep import common
 from data_prep import testing
 
@@ -71,13 +70,8 @@ def test_unzipped_layouts_give_the_same_splits(built, tmp_path, layout):
 
 
 def _fails(tmp_path, manual, error, *fragments):
-  data_dir = str(tmp_path / 'data')
-  with pytest.raises(error) as info:
-    testing.build(NAME, str(manual), data_dir)
-  for fragment in fragments:
-    assert fragment in str(info.value)
-  assert not data_prep.get_builder(NAME, data_dir=data_dir).is_prepared()
-  return info.value
+  return testing.assert_build_fails(NAME, manual, tmp_path / 'data', error,
+                                    *fragments)
 
 
 def _broken(tmp_path, archive, edit):

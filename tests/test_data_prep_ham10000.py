@@ -89,18 +89,8 @@ def test_kaggle_layout_gives_the_same_splits(built, tmp_path):
 
 
 def _fails(tmp_path, manual, error, *fragments):
-  data_dir = str(tmp_path / 'data')
-  with pytest.raises(error) as info:
-    testing.build(NAME, str(manual), data_dir)
-  for fragment in fragments:
-    assert fragment in str(info.value)
-  builder = data_prep.get_builder(NAME, data_dir=data_dir)
-  assert not builder.is_prepared()
-  # TFDS writes into a temporary folder it deletes on failure.
-  variant = os.path.dirname(builder.data_dir)
-  if os.path.isdir(variant):
-    assert not [d for d in os.listdir(variant) if d.startswith('incomplete')]
-  return info.value
+  return testing.assert_build_fails(NAME, manual, tmp_path / 'data', error,
+                                    *fragments)
 
 
 @pytest.mark.parametrize('state', ['missing', 'empty', 'unrelated'])
