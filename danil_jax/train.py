@@ -40,6 +40,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ValueError(f'config.method must be one of {steps.METHODS}, got '
                      f'{config.method!r}')
   mesh = sharding.make_mesh()
+  for key in ('global_batch_size', 'eval_batch_size'):  # validates both
+    try:
+      sharding.per_process_batch_size(config.input[key], mesh)
+    except ValueError as e:
+      raise ValueError(f'config.input.{key}: {e}') from None
   if is_chief:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -64,7 +69,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       size=config.dataset.image_size or model_info.input_size,
       mean=model_info.mean, std=model_info.std, augment=config.input.augment)
   global_batch_size = config.input.global_batch_size
-  sharding.per_process_batch_size(global_batch_size, mesh)  # validates
   steps_per_epoch = len(train_source) // global_batch_size
   total_steps = steps_per_epoch * config.num_epochs
   if config.max_steps >= 0:

@@ -60,3 +60,21 @@ def test_one_step_is_the_same_on_1_and_4_devices(tmp_path):
 def test_batch_size_must_divide_over_devices():
   mesh = sharding.make_mesh()
   assert sharding.per_process_batch_size(8, mesh) == 8
+
+
+def test_batch_sizes_that_do_not_split_over_devices_are_named(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  script = textwrap.dedent(f'''
+      import pytest
+      from configs import demo
+      from danil_jax import train
+      config = demo.get_config()
+      config.dataset.data_dir = {str(tmp_path / 'data')!r}
+      config.input.eval_batch_size = 90
+      with pytest.raises(ValueError, match='eval_batch_size.*90.*4'):
+        train.train_and_evaluate(config, {str(tmp_path / 'work')!r})
+  ''')
+  subprocess.run([sys.executable, '-c', script], env=env, check=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(
+                     __file__))))
