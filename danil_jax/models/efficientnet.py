@@ -4,12 +4,16 @@ Padding: timm's `efficientnet_b0` (unlike `tf_efficientnet_b0`) uses PyTorch-
 style *symmetric* padding `k // 2` on every conv, including the stride-2 ones,
 not TensorFlow's asymmetric 'SAME'. We do the same, so the `ra_in1k` weights
 run unchanged; do not load `tf_efficientnet_b0` weights into this model.
+(Checked against timm 1.0.31: `create_conv2d(padding='')` resolves to the
+static symmetric padding `((stride - 1) + (k - 1)) // 2 = k // 2` for every
+odd kernel here, and tests/test_weights.py matches its logits to 1e-4.)
 
 BatchNorm eps is 1e-5 (timm's default for this variant; the TF ports use
 1e-3), activations are SiLU, and the squeeze-excite reduction has
 `round(0.25 * block input channels)` channels. Stochastic depth (timm's
-`drop_path_rate`, 0 by default) is not implemented. Parameter paths mirror the
-timm state_dict, e.g. `blocks.1.0.se.conv_reduce.weight` is
+`drop_path_rate`, 0 by default) is not implemented, so train mode matches
+timm at drop_path_rate=0 (as in the tests). Parameter paths mirror the timm
+state_dict, e.g. `blocks.1.0.se.conv_reduce.weight` is
 `params/blocks/1/0/se/conv_reduce/kernel`.
 """
 

@@ -4,9 +4,10 @@ The backbones run PyTorch checkpoints, so every layer here reproduces the
 corresponding `torch.nn` layer bit for bit in float32 rather than the Flax
 defaults: explicit symmetric padding instead of 'SAME' (which pads the extra
 pixel at the bottom/right for even inputs and strided convs, torch does not),
-BatchNorm with torch's eps and momentum converted to Flax's convention, and
-pools with torch's padding semantics. Module names are chosen by the callers
-so that the parameter tree mirrors the torch `state_dict` paths.
+BatchNorm with torch's eps, momentum (converted to Flax's convention) and
+unbiased running variance, and pools with torch's padding semantics. Module
+names are chosen by the callers so that the parameter tree mirrors the torch
+`state_dict` paths.
 """
 
 from typing import Any, Sequence
@@ -69,10 +70,11 @@ class BatchNorm(nn.Module):
                             jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
     axes = tuple(range(x.ndim - 1))
+    f32 = jnp.promote_types(x.dtype, jnp.float32)  # float64 stays float64
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      x32 = x.astype(jnp.float32)
+      x32 = x.astype(f32)
       mean = jnp.mean(x32, axis=axes)
       var = jnp.mean(jnp.square(x32 - mean), axis=axes)
       if not self.is_initializing():
@@ -82,7 +84,7 @@ class BatchNorm(nn.Module):
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
         ra_var.value = m * ra_var.value + (1 - m) * unbiased
     mul = scale * jax.lax.rsqrt(var + self.epsilon)
-    y = (x.astype(jnp.float32) - mean) * mul + bias
+    y = (x.astype(f32) - mean) * mul + bias
     return y.astype(self.dtype)
 
 
