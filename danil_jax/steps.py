@@ -66,13 +66,13 @@ def _forward_fn(state: TrainState, params, rng) -> Callable:
 
 
 def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
-          keep_ratio: float):
+          keep_ratio: float, skip_correct: bool = False):
   """Returns (loss, (aux, batch_stats updates)) for one method."""
   logits_fn = _forward_fn(state, params, rng)
   images, labels = batch['image'], batch['label']
   if method == 'danil':
     loss, aux = losses.danil_loss(logits_fn, images, labels, lam=lam, eps=eps,
-                                  has_aux=True)
+                                  has_aux=True, skip_correct=skip_correct)
     return loss, (aux, aux.pop('model_aux'))
   if method not in METHODS:
     raise ValueError(f'config.method must be one of {METHODS}, got {method!r}')
@@ -89,12 +89,16 @@ def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
 
 
 def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
-               eps: float = 1e-4, keep_ratio: float = 0.7):
-  """One SGD step; returns the new state and scalar metrics."""
+               eps: float = 1e-4, keep_ratio: float = 0.7,
+               skip_correct: bool = False):
+  """One SGD step; returns the new state and scalar metrics.
+
+  `skip_correct` (DANIL only): see `losses.danil_loss`.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
                               method=method, lam=lam, eps=eps,
-                              keep_ratio=keep_ratio)
+                              keep_ratio=keep_ratio, skip_correct=skip_correct)
   (loss, (aux, model_updates)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)

@@ -23,9 +23,8 @@ class BasicBlock(nn.Module):
     norm = lambda name: nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5,
         dtype=self.dtype, name=name)
-    # ops.conv_general_dilated: same values, and strided convs get an input
-    # gradient whose own derivatives are stride-1 convs (DANIL's double
-    # backprop; see danil_jax/ops.py).
+    # ops.conv_general_dilated: same values, with conv rules whose own
+    # derivatives stay fast (DANIL's double backprop; see danil_jax/ops.py).
     conv = lambda f, k, s, name: nn.Conv(
         f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
         dtype=self.dtype, conv_general_dilated=ops.conv_general_dilated,
@@ -51,7 +50,8 @@ class SmallResNet(nn.Module):
   def __call__(self, x, *, train: bool):
     x = x.astype(self.dtype)
     x = nn.Conv(self.widths[0], (3, 3), padding=[(1, 1)] * 2, use_bias=False,
-                dtype=self.dtype, name='stem_conv')(x)
+                dtype=self.dtype, conv_general_dilated=ops.conv_general_dilated,
+                name='stem_conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                      dtype=self.dtype, name='stem_bn')(x)
     x = nn.relu(x)

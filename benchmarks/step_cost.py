@@ -1,0 +1,360 @@
+"""Cost of a DANIL training step against a plain one (issue 5).
+
+  python benchmarks/step_cost.py                      # small_resnet, resnet50
+  python benchmarks/step_cost.py --torch              # + PyTorch reference
+  python benchmarks/step_cost.py --models=vgg11,efficientnet_b0 --batch=4 \
+      --json=/tmp/cost.json
+
+For each backbone, in one process, after compilation and interleaved rep by
+rep (so load drift hits every variant alike), times:
+
+  forward       train-mode forward only
+  plain         `steps.train_step(method='base')` (forward + backward)
+  ohem          `steps.train_step(method='ohem')`
+  danil         `steps.train_step(method='danil')`: one forward, one input
+                VJP for A+ - A- (Eq. 2-4), the outer gradient through it
+  danil_2grad   DANIL with A+ and A- from two separate input gradients
+                (Algorithm 1 literally; as `tests/test_losses.py`)
+  danil_correct the DANIL step on a batch whose labels are the predictions
+                (no sample misclassified; same executable as `danil`)
+  danil_skip    the DANIL step with `skip_correct=True`: `lax.cond` skips
+                the input VJP and its double backprop when no sample is
+                misclassified (Ld = 0, Eq. 5)
+  danil_skip_correct  the same executable on the all-correct batch
+  danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
+                instead of `danil_jax.ops`
+
+and reports the median ms, the ratio to `plain`, the ratio in forward units,
+compile time and XLA temp memory. Every call starts from a copy of the same
+donated train state (copied outside the clock). DANIL/plain ~ 2.0 is the
+floor of an exact double backprop (issue 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# Runs as `python benchmarks/step_cost.py` from the repo root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from danil_jax import losses
+from danil_jax import models
+from danil_jax import ops
+from danil_jax import steps
+
+# model -> (input size, batch) defaults.
+DEFAULTS = {'small_resnet': (64, 16), 'resnet50': (224, 8), 'vgg11': (224, 8),
+            'vgg11_bn': (224, 8), 'inception_v4': (299, 8),
+            'efficientnet_b0': (224, 8)}
+JAX_VARIANTS = ('forward', 'plain', 'ohem', 'danil', 'danil_2grad',
+                'danil_correct', 'danil_skip', 'danil_skip_correct')
+# Variants that run another variant's executable on the all-correct batch.
+SAME_EXECUTABLE = {'danil_correct': 'danil',
+                   'danil_skip_correct': 'danil_skip'}
+TORCH_VARIANTS = ('forward', 'plain', 'danil')
+LAM, EPS = 1e-5, 1e-4
+
+
+def two_gradient_loss(params, state, batch, rng, *, lam, eps):
+  """DANIL with A+ and A- as two separate input gradients (Algorithm 1)."""
+
+  def forward(x):
+    return state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+        mutable=['batch_stats'], rngs={'dropout': rng})
+
+  images, labels = batch['image'], batch['label']
+  logits, updates = forward(images)
+  pred = jax.lax.stop_gradient(jnp.argmax(logits, -1))
+
+  def summed_ce(x, y):
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+        forward(x)[0].astype(jnp.float32), y))
+
+  a_pos = jax.grad(summed_ce)(images, labels)
+  a_neg = jax.grad(summed_ce)(images, pred)
+  distance = jnp.sum(jnp.square((a_pos - a_neg).astype(jnp.float32)),
+                     axis=(1, 2, 3))
+  ld = jnp.mean(jnp.where(pred != labels, 1.0 / (distance + eps), 0.0))
+  return losses.cross_entropy_loss(logits, labels) + lam * ld, updates
+
+
+def two_gradient_step(state, batch, *, lam, eps):
+  rng = jax.random.fold_in(state.rng, state.step)
+  (loss, updates), grads = jax.value_and_grad(
+      two_gradient_loss, has_aux=True)(state.params, state, batch, rng,
+                                       lam=lam, eps=eps)
+  state = state.apply_gradients(grads=grads)
+  return state.replace(batch_stats=updates['batch_stats']), dict(loss=loss)
+
+
+def forward_only(state, batch):
+  logits, updates = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      batch['image'], train=True, mutable=['batch_stats'],
+      rngs={'dropout': state.rng})
+  return logits, updates
+
+
+def _step_fns():
+  step = steps.train_step
+  return {
+      'forward': (forward_only, False),
+      'plain': (functools.partial(step, method='base'), True),
+      'ohem': (functools.partial(step, method='ohem'), True),
+      'danil': (functools.partial(step, method='danil', lam=LAM, eps=EPS),
+                True),
+      'danil_2grad': (functools.partial(two_gradient_step, lam=LAM, eps=EPS),
+                      True),
+      'danil_skip': (functools.partial(step, method='danil', lam=LAM,
+                                       eps=EPS, skip_correct=True), True),
+      # A distinct function object, so jit's trace cache cannot hand back
+      # the custom-rule trace of 'danil'.
+      'danil_stock': (lambda s, b: steps.train_step(
+          s, b, method='danil', lam=LAM, eps=EPS), True),
+  }
+
+
+def _compile(fn, donate, state, batch, stock):
+  start = time.perf_counter()
+  jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
+  if stock:
+    with ops.stock_rules():
+      compiled = jitted.lower(state, batch).compile()
+  else:
+    compiled = jitted.lower(state, batch).compile()
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  temp = getattr(memory, 'temp_size_in_bytes', None) if memory else None
+  return compiled, seconds, temp
+
+
+def _copy(tree):
+  return jax.block_until_ready(jax.tree.map(jnp.copy, tree))
+
+
+def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None):
+  """(train state, batch, batch with every sample correct)."""
+  model = models.create(name, num_classes, dtype=dtype)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((batch_size, size, size, 3), np.float32)
+  labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
+  if torch_model is not None:
+    from danil_jax import weights  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+    variables, _ = weights.convert_state_dict(
+        name, torch_reference.state_dict_numpy(torch_model))
+  else:
+    variables = model.init(jax.random.PRNGKey(0), images[:1], train=False)
+  # lr as a state array, so XLA cannot specialise on its value.
+  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.01, momentum=0.9)
+  state = steps.create_train_state(model, variables, tx,
+                                   jax.random.PRNGKey(1))
+  batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
+  # A lambda: a cached trace of forward_only would hide its compile time.
+  logits, _ = jax.jit(lambda s, b: forward_only(s, b))(state, batch)
+  correct = {'image': batch['image'],
+             'label': jnp.argmax(logits, -1).astype(jnp.int32)}
+  return state, batch, correct
+
+
+def run_model(name, size, batch_size, args):
+  """Times every variant of one backbone; returns its result dict."""
+  result = dict(model=name, size=size, batch=batch_size, dtype=args.dtype,
+                variants={})
+  torch_steps = None
+  if args.torch and models.info(name).torch_reference:
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(args.torch_threads)
+    torch_model = torch_reference.build(name, args.num_classes)
+    torch_steps = torch_reference.Steps(torch_model, lr=0.01, momentum=0.9,
+                                        lam=LAM, eps=EPS)
+  state, batch, correct = setup_jax(
+      name, size, batch_size, args.num_classes, jnp.dtype(args.dtype),
+      torch_model=torch_steps.model if torch_steps else None)
+  # forward and plain are the units of the ratios: always timed.
+  variants = [v for v in JAX_VARIANTS
+              if v in args.variants.split(',') + ['forward', 'plain']]
+  variants += ['danil_stock'] if args.stock else []
+  for v, owner in SAME_EXECUTABLE.items():
+    if v in variants and owner not in variants:
+      variants.insert(variants.index(v), owner)
+  fns = _step_fns()
+  compiled = {}
+  for v in variants:
+    if v in SAME_EXECUTABLE:
+      compiled[v] = compiled[SAME_EXECUTABLE[v]]
+      result['variants'][v] = dict(
+          result['variants'][SAME_EXECUTABLE[v]], ms=[])
+      continue
+    fn, donate = fns[v]
+    compiled[v], seconds, temp = _compile(fn, donate, state, batch,
+                                          v == 'danil_stock')
+    result['variants'][v] = dict(compile_s=seconds, temp_bytes=temp, ms=[])
+    print(f'  compiled {name}/{v}: {seconds:.1f} s', flush=True)
+  # Sanity: the variants compute the same DANIL loss; the correct batch has
+  # no misclassified sample (so the skip path is what is timed).
+  checks = {}
+  for v in variants:
+    if v.startswith('danil'):
+      _, metrics = compiled[v](_copy(state),
+                               correct if v.endswith('_correct') else batch)
+      checks[v] = {k: float(x) for k, x in metrics.items()}
+  if torch_steps is not None:
+    checks['torch_danil'] = _torch_check(torch_steps, batch)
+  result['checks'] = checks
+  print('  checks: ' + json.dumps(checks), flush=True)
+  torch_inputs = None
+  if torch_steps is not None:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch_inputs = (torch.from_numpy(np.asarray(batch['image'])).permute(
+        0, 3, 1, 2).contiguous(), torch.from_numpy(
+            np.asarray(batch['label'])).long())
+    result['torch'] = {v: dict(ms=[]) for v in TORCH_VARIANTS
+                       if v in variants}
+  for rep in range(args.reps + 1):  # rep 0 is a warm-up
+    for v in variants:
+      inputs = correct if v.endswith('_correct') else batch
+      state_copy = _copy(state)
+      start = time.perf_counter()
+      jax.block_until_ready(compiled[v](state_copy, inputs))
+      if rep:
+        result['variants'][v]['ms'].append(
+            (time.perf_counter() - start) * 1e3)
+    if torch_steps is not None:
+      for v in result['torch']:
+        torch_steps.reset()
+        start = time.perf_counter()
+        getattr(torch_steps, v)(*torch_inputs)
+        if rep:
+          result['torch'][v]['ms'].append((time.perf_counter() - start) * 1e3)
+  _summarise(result)
+  return result
+
+
+def _torch_check(torch_steps, batch):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch_steps.reset()
+  x = torch.from_numpy(np.asarray(batch['image'])).permute(0, 3, 1, 2)
+  y = torch.from_numpy(np.asarray(batch['label'])).long()
+  loss, ce, ld = torch_steps.danil_terms(x.contiguous(), y)
+  torch_steps.reset()
+  return dict(loss=float(loss), ce=float(ce), distraction=float(ld))
+
+
+def _summarise(result):
+  groups = [result['variants']] + ([result['torch']] if 'torch' in result
+                                   else [])
+  for group in groups:
+    for entry in group.values():
+      entry['median_ms'] = statistics.median(entry['ms'])
+    for entry in group.values():
+      entry['x_plain'] = entry['median_ms'] / group['plain']['median_ms']
+      entry['x_forward'] = entry['median_ms'] / group['forward']['median_ms']
+  if 'torch' in result:
+    for v, entry in result['torch'].items():
+      entry['jax_over_torch'] = (result['variants'][v]['median_ms']
+                                 / entry['median_ms'])
+
+
+def format_table(results) -> str:
+  header = (f"{'model':14s} {'variant':14s} {'ms':>9s} {'x plain':>8s} "
+            f"{'x fwd':>6s} {'compile s':>9s} {'temp MiB':>9s} "
+            f"{'torch ms':>9s} {'t x plain':>9s} {'jax/torch':>9s}")
+  lines = [header, '-' * len(header)]
+  for r in results:
+    label = f"{r['model']} {r['size']}px b{r['batch']}"
+    if r['dtype'] != 'float32':
+      label += f" {r['dtype']}"
+    lines.append(label)
+    plain_temp = r['variants']['plain']['temp_bytes']
+    for v, e in r['variants'].items():
+      temp = e['temp_bytes']
+      temp_s = f'{temp / 2**20:9.1f}' if temp is not None else f"{'-':>9s}"
+      if temp is not None and plain_temp and v != 'plain':
+        temp_s += f' ({temp / plain_temp:.2f}x)'
+      t = r.get('torch', {}).get(v)
+      torch_s = (f" {t['median_ms']:9.1f} {t['x_plain']:9.2f} "
+                 f"{t['jax_over_torch']:9.2f}" if t else '')
+      lines.append(f"{'':14s} {v:14s} {e['median_ms']:9.1f} "
+                   f"{e['x_plain']:8.2f} {e['x_forward']:6.2f} "
+                   f"{e['compile_s']:9.1f} {temp_s}{torch_s}")
+  return '\n'.join(lines)
+
+
+def _load() -> str:
+  return ' '.join(f'{v:.2f}' for v in os.getloadavg())
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument('--models', default='small_resnet,resnet50',
+                      help='comma-separated, from ' + ','.join(DEFAULTS))
+  parser.add_argument('--size', type=int, default=None,
+                      help='input size for every model (default per model)')
+  parser.add_argument('--batch', type=int, default=None,
+                      help='batch for every model (default per model)')
+  parser.add_argument('--reps', type=int, default=5,
+                      help='timed reps per variant, after one warm-up')
+  parser.add_argument('--variants', default=','.join(JAX_VARIANTS),
+                      help='comma-separated subset of ' + ','.join(
+                          JAX_VARIANTS))
+  parser.add_argument('--num_classes', type=int, default=7)
+  parser.add_argument('--dtype', default='float32',
+                      choices=('float32', 'bfloat16'),
+                      help='model compute dtype (maps/norms stay float32)')
+  parser.add_argument('--torch', action='store_true',
+                      help='add the PyTorch reference (same weights, batch)')
+  parser.add_argument('--torch_threads', type=int, default=os.cpu_count(),
+                      help='torch.set_num_threads (XLA uses all cores); '
+                      'on a loaded machine OpenMP threads spin and collapse')
+  parser.add_argument('--stock', action='store_true',
+                      help='also time DANIL with the stock lax conv/pool rules')
+  parser.add_argument('--json', default=None, help='write results here')
+  args = parser.parse_args(argv)
+  env = dict(jax=jax.__version__, backend=jax.default_backend(),
+             devices=[str(d) for d in jax.devices()], cpus=os.cpu_count(),
+             load_before=_load())
+  if args.torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    env['torch'] = torch.__version__
+  try:
+    env['cpu'] = subprocess.run(
+        ['sh', '-c', "lscpu | grep 'Model name' | cut -d: -f2"],
+        capture_output=True, text=True, check=False).stdout.strip()
+  except OSError:
+    pass
+  results = []
+  for name in args.models.split(','):
+    size, batch = DEFAULTS.get(name, (models.info(name).input_size, 8))
+    size, batch = args.size or size, args.batch or batch
+    print(f'{name} {size}x{size} batch {batch} ({args.dtype})', flush=True)
+    results.append(run_model(name, size, batch, args))
+  env['load_after'] = _load()
+  print(f"\n{env['backend']} ({env.get('cpu', '?')}, {env['cpus']} cores), "
+        f"jax {env['jax']}" + (f", torch {env['torch']}" if args.torch else '')
+        + f"; load avg before {env['load_before']}, after {env['load_after']}"
+        f"; median of {args.reps} interleaved reps")
+  print(format_table(results))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(dict(env=env, args=vars(args), results=results), f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

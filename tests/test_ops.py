@@ -1,0 +1,230 @@
+"""danil_jax.ops against the stock lax rules: values, first and second order."""
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from danil_jax import losses
+from danil_jax import models
+from danil_jax import ops
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+# (input hw, kernel, strides, pads, groups, in channels, out channels)
+CONV_CASES = [
+    ((9, 10), 3, (2, 2), ((1, 1), (1, 1)), 1, 4, 6),  # ResNet conv2, odd/even
+    ((8, 8), 1, (2, 2), ((0, 0), (0, 0)), 1, 4, 6),  # downsample 1x1/2
+    ((11, 10), 7, (2, 2), ((3, 3), (3, 3)), 1, 3, 5),  # ImageNet stem 7x7/2
+    ((8, 9), 3, (2, 2), ((0, 1), (0, 1)), 1, 4, 6),  # asymmetric ('SAME')
+    ((9, 9), 3, (2, 1), ((1, 1), (1, 1)), 1, 2, 3),  # mixed strides
+    ((10, 10), 3, (3, 3), ((0, 0), (0, 0)), 1, 2, 3),  # floor-mode leftover
+    ((9, 9), 3, (1, 1), ((1, 1), (1, 1)), 1, 4, 6),  # stride 1
+    ((9, 9), 3, (2, 2), ((1, 1), (1, 1)), 4, 4, 8),  # depthwise-like groups
+]
+
+
+def _stock_conv(strides, pads, groups):
+  return lambda x, w: lax.conv_general_dilated(
+      x, w, strides, pads, dimension_numbers=NHWC,
+      feature_group_count=groups)
+
+
+def _ops_conv(strides, pads, groups):
+  return lambda x, w: ops.conv_general_dilated(
+      x, w, strides, pads, dimension_numbers=NHWC,
+      feature_group_count=groups)
+
+
+def _conv_inputs(case, dtype=jnp.float32):
+  hw, k, _, _, groups, cin, cout = case
+  kx, kw = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(kx, (2, *hw, cin), dtype)
+  w = jax.random.normal(kw, (k, k, cin // groups, cout), dtype)
+  return x, w
+
+
+def _double_backprop(conv, x, w, ct):
+  """A DANIL-like scalar: a function of the input VJP and of the output."""
+
+  def scalar(x, w, ct):
+    y, vjp = jax.vjp(lambda x_: conv(x_, w), x)
+    (dx,) = vjp(ct)
+    return jnp.sum(jnp.sin(dx)) + jnp.sum(y * jnp.cos(y))
+
+  return jax.grad(scalar, argnums=(0, 1, 2))(x, w, ct)
+
+
+def _assert_trees_close(got, want, rtol=1e-5):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    scale = float(jnp.max(jnp.abs(w))) or 1.0
+    np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize('case', CONV_CASES)
+def test_conv_values_and_gradients_match_stock(case):
+  _, _, strides, pads, groups, _, _ = case
+  x, w = _conv_inputs(case)
+  stock, mine = _stock_conv(strides, pads, groups), _ops_conv(strides, pads,
+                                                              groups)
+  y = stock(x, w)
+  np.testing.assert_array_equal(jax.jit(mine)(x, w), y)  # same forward op
+  ct = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  _assert_trees_close(jax.vjp(mine, x, w)[1](ct), jax.vjp(stock, x, w)[1](ct))
+  _assert_trees_close(jax.jit(_double_backprop, static_argnums=0)(
+      mine, x, w, ct), _double_backprop(stock, x, w, ct))
+
+
+@pytest.mark.parametrize('case', [CONV_CASES[0], CONV_CASES[2],
+                                  CONV_CASES[4], CONV_CASES[7]])
+def test_conv_check_grads_second_order(case):
+  _, _, strides, pads, groups, _, _ = case
+  with jax.enable_x64(True):
+    x, w = _conv_inputs(case, jnp.float64)
+    conv = _ops_conv(strides, pads, groups)
+    ct = jax.random.normal(jax.random.PRNGKey(3), conv(x, w).shape,
+                           jnp.float64)
+
+    def input_grad_norm(x, w):
+      (dx,) = jax.vjp(lambda x_: conv(x_, w), x)[1](ct)
+      return jnp.sum(dx ** 2) + jnp.sum(jnp.tanh(conv(x, w)))
+
+    check_grads(input_grad_norm, (x, w), order=2, modes=['rev'], eps=1e-4)
+
+
+def test_stock_rules_context_uses_lax():
+  x, w = _conv_inputs(CONV_CASES[0])
+  f = lambda x, w: jnp.sum(ops.conv_general_dilated(
+      x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC) ** 2)
+  custom = str(jax.make_jaxpr(jax.grad(f))(x, w))
+  with ops.stock_rules():
+    stock = str(jax.make_jaxpr(jax.grad(f))(x, w))
+  assert 'custom_vjp' in custom and 'custom_vjp' not in stock
+
+
+POOL_CASES = [((9, 8), 3, 2, 1), ((10, 10), 3, 2, 0), ((8, 8), 2, 2, 0),
+              ((11, 9), 3, 1, 1)]
+
+
+def _stock_pool(window, strides, padding):
+  return lambda x: nn.max_pool(x, (window,) * 2, (strides,) * 2,
+                               padding=[(padding, padding)] * 2)
+
+
+def _ops_pool(window, strides, padding):
+  return lambda x: ops.max_pool(x, (window,) * 2, (strides,) * 2,
+                                [(padding, padding)] * 2)
+
+
+@pytest.mark.parametrize('case', POOL_CASES)
+def test_max_pool_matches_stock_with_ties(case):
+  hw, window, strides, padding = case
+  # ReLU output: many tied zeros; both rules must route to the same element.
+  x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3)))
+  x = x.at[0, :4, :4, 0].set(0.5)  # ties among positive values too
+  stock, mine = _stock_pool(window, strides, padding), _ops_pool(
+      window, strides, padding)
+  y = stock(x)
+  np.testing.assert_array_equal(jax.jit(mine)(x), y)
+  ct = jax.random.normal(jax.random.PRNGKey(1), y.shape)
+  got, want = jax.vjp(mine, x)[1](ct)[0], jax.vjp(stock, x)[1](ct)[0]
+  # Same routing (where overlapping windows add up, the order may differ).
+  np.testing.assert_array_equal(got != 0, want != 0)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('case', POOL_CASES[:2])
+def test_max_pool_second_order_through_a_conv(case):
+  """d/dw of an input gradient through conv -> ReLU -> max pool."""
+  hw, window, strides, padding = case
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *hw, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+
+  def net(pool):
+    return lambda x_, w_: pool(jax.nn.relu(lax.conv_general_dilated(
+        x_, w_, (1, 1), 'SAME', dimension_numbers=NHWC)))
+
+  stock = net(_stock_pool(window, strides, padding))
+  mine = net(_ops_pool(window, strides, padding))
+  ct = jax.random.normal(jax.random.PRNGKey(2), stock(x, w).shape)
+  _assert_trees_close(jax.jit(_double_backprop, static_argnums=0)(
+      mine, x, w, ct), _double_backprop(stock, x, w, ct))
+  with jax.enable_x64(True):
+    x64, w64 = x.astype(jnp.float64), w.astype(jnp.float64)
+    ct64 = ct.astype(jnp.float64)
+
+    def input_grad_norm(w_):
+      (dx,) = jax.vjp(lambda x_: mine(x_, w_), x64)[1](ct64)
+      return jnp.sum(dx ** 2)
+
+    check_grads(input_grad_norm, (w64,), order=2, modes=['rev'], eps=1e-5)
+
+
+class _TinyImageNetNet(nn.Module):
+  """An ImageNet stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool), a strided
+  conv and a head, built from the backbones' `layers`."""
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    from danil_jax.models import layers  # pylint: disable=g-import-not-at-top
+    x = layers.conv(8, 7, 2, 3, name='conv1')(x)
+    x = nn.relu(layers.batch_norm(train, name='bn1')(x))
+    x = layers.max_pool(x, 3, 2, 1)
+    x = nn.relu(layers.conv(8, 3, 2, 1, name='conv2')(x))
+    return nn.Dense(3, name='fc')(layers.global_avg_pool(x))
+
+
+def test_danil_gradient_of_a_model_equals_stock_rules():
+  """A whole DANIL parameter gradient through the backbones' layers is the
+  same with the custom rules as with the stock ones."""
+  model = _TinyImageNetNet()
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+  labels = jnp.arange(6) % 3
+
+  def loss(params):
+    fn = lambda x_: model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x_,
+        train=True, mutable=['batch_stats'])
+    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True)
+    return value, aux['distraction']
+
+  (value, ld), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+      variables['params'])
+  with ops.stock_rules():
+    # A new function object: jit must trace again, under the stock rules.
+    (value_ref, ld_ref), grads_ref = jax.jit(jax.value_and_grad(
+        lambda p: loss(p), has_aux=True))(variables['params'])
+  assert float(ld_ref) > 0
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+  np.testing.assert_allclose(ld, ld_ref, rtol=1e-4)
+  _assert_trees_close(grads, grads_ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize('all_correct', [False, True])
+def test_danil_skip_correct_is_exact(all_correct):
+  """`skip_correct` (lax.cond) changes neither the loss nor the gradient."""
+  model = _TinyImageNetNet()
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+  fn = lambda p, x_: model.apply(
+      {'params': p, 'batch_stats': variables['batch_stats']}, x_, train=True,
+      mutable=['batch_stats'])
+  logits = fn(variables['params'], x)[0]
+  labels = jnp.argmax(logits, -1) if all_correct else jnp.arange(6) % 3
+  assert bool(jnp.all(jnp.argmax(logits, -1) == labels)) == all_correct
+
+  def loss(params, skip):
+    value, aux = losses.danil_loss(lambda x_: fn(params, x_), x, labels,
+                                   lam=1.0, has_aux=True, skip_correct=skip)
+    return value, aux['distance']
+
+  grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (value, distance), grads = grad(variables['params'], True)
+  (value_ref, distance_ref), grads_ref = grad(variables['params'], False)
+  np.testing.assert_allclose(value, value_ref, rtol=1e-6)
+  np.testing.assert_allclose(distance, distance_ref, rtol=1e-5)
+  _assert_trees_close(grads, grads_ref, rtol=1e-5)
