@@ -9,7 +9,6 @@ import pytest
 from jax.test_util import check_grads
 
 from danil_jax import losses
-from danil_jax import models
 from danil_jax import ops
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')

@@ -10,7 +10,7 @@ names are chosen by the callers so that the parameter tree mirrors the torch
 `state_dict` paths.
 """
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
