@@ -17,6 +17,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
@@ -86,6 +87,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config
+  if not flags.FLAGS['verbosity'].present:
+    # As in main.py: Orbax and TFDS log every file at INFO.
+    logging.set_verbosity(logging.WARNING)
   if config is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required')
   try:

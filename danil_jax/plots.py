@@ -53,7 +53,8 @@ def plot_curves(records: list[dict], path: str, title: str = '') -> str:
                fontsize=10)
   ax.set_xlabel('epoch')
   ax.set_ylim(0, 1)
-  ax.legend(fontsize=8)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()

@@ -107,7 +107,7 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   metrics = dict(
       loss=loss, ce=aux['ce'], distraction=aux['distraction'],
       misclassified=jnp.mean(aux['misclassified']),
-      grad_norm=optax.global_norm(grads))
+      grad_norm=optax.tree.norm(grads))
   return new_state, metrics
 
 
@@ -132,9 +132,9 @@ def distraction_gradient_share(state: TrainState, batch, *, lam: float,
   one, zero = jnp.ones_like(ce), jnp.zeros_like(ce)
   (g_ce,) = pullback((one, zero))
   (g_d,) = pullback((zero, one))
-  norm_d = optax.global_norm(g_d)
-  norm_total = optax.global_norm(jax.tree.map(jnp.add, g_ce, g_d))
-  norm_ce = optax.global_norm(g_ce)
+  norm_d = optax.tree.norm(g_d)
+  norm_total = optax.tree.norm(jax.tree.map(jnp.add, g_ce, g_d))
+  norm_ce = optax.tree.norm(g_ce)
   tiny = jnp.finfo(jnp.float32).tiny
   return dict(distraction_grad_share=norm_d / jnp.maximum(norm_total, tiny),
               distraction_grad_ratio=norm_d / jnp.maximum(norm_ce, tiny))
