@@ -13,11 +13,9 @@ lambda is often smaller than the spread between seeds.
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
@@ -87,9 +85,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config
-  if not flags.FLAGS['verbosity'].present:
-    # As in main.py: Orbax and TFDS log every file at INFO.
-    logging.set_verbosity(logging.WARNING)
   if config is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required')
   try:
@@ -97,7 +92,8 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f'--seeds must be integers, got {_SEEDS.value}'
                          ) from None
-  from data_prep import common  # pylint: disable=g-import-not-at-top
+  from danil_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.setup(config)  # before anything touches the JAX backend
   from danil_jax import train  # pylint: disable=g-import-not-at-top
   results = {}
   for method in _METHODS.value:
@@ -108,11 +104,9 @@ def main(argv):
       run_config.method, run_config.seed = method, seed
       run_config.lock()
       print(f'--- {method}, seed {seed}', flush=True)
-      try:
+      with cli.data_errors_exit():
         results[method][seed] = train.train_and_evaluate(
             run_config, run_dir(_WORKDIR.value, method, seed))
-      except (common.ManualFilesMissing, common.DataError) as e:
-        sys.exit(f'error: {e}')
   summary = summarize(results)
   with open(os.path.join(_WORKDIR.value, 'comparison.json'), 'w') as f:
     json.dump(summary, f, indent=2)

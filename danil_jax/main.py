@@ -4,8 +4,6 @@ python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/demo
   [--config.method=danil --config.danil.lam=1e-5 ...]
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -22,24 +20,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config
-  if not flags.FLAGS['verbosity'].present:
-    # Orbax and TFDS log every file they touch at INFO; keep the console to
-    # the progress bars and results unless --verbosity asks for more.
-    logging.set_verbosity(logging.WARNING)
   if config is None:
     raise app.UsageError('--config=configs/<name>.py is required')
   # Imported here so --help answers without loading JAX.
-  import jax
-  if config.distributed:
-    jax.distributed.initialize()
-  from data_prep import common
+  from danil_jax import cli
+  cli.setup(config)  # before anything touches the JAX backend
   from danil_jax import train
   logging.info('config:\n%s', config)
-  try:
+  with cli.data_errors_exit():
     train.train_and_evaluate(config, flags.FLAGS.workdir)
-  except (common.ManualFilesMissing, common.DataError) as e:
-    # The message says which files to fetch or fix; a traceback only hides it.
-    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,33 @@
+"""What every training command does around `train.train_and_evaluate`.
+
+Shared by `danil_jax.main` and `danil_jax.compare`; imports JAX lazily so
+their `--help` answers at once.
+"""
+
+import contextlib
+import sys
+
+from absl import flags
+from absl import logging
+
+
+def setup(config) -> None:
+  """Quiet logs unless --verbosity was given; join the hosts if configured."""
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax and TFDS log every file they touch at INFO; keep the console to
+    # the progress bars and results unless --verbosity asks for more.
+    logging.set_verbosity(logging.WARNING)
+  if config.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
+
+
+@contextlib.contextmanager
+def data_errors_exit():
+  """Missing or bad data files end the command with their message alone."""
+  from data_prep import common  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (common.ManualFilesMissing, common.DataError) as e:
+    # The message says which files to fetch or fix; a traceback only hides it.
+    sys.exit(f'error: {e}')
