@@ -112,12 +112,22 @@ def test_wrong_arch_and_missing_file_are_clear_errors(tmp_path, resnet_state):
     weights.load('resnet50', str(tmp_path))
 
 
-def test_merge_reinitialises_only_a_resized_head(resnet_state):
+def _converted(resnet_state):
   pretrained, _ = weights.convert_state_dict(
       'resnet50', {k: v.numpy() for k, v in resnet_state.items()})
-  model = models.create('resnet50', 4)
-  shapes = jax.eval_shape(lambda: model.init(
+  return pretrained
+
+
+def _init_shapes(num_classes):
+  """resnet50's variables as shapes only (no compile)."""
+  model = models.create('resnet50', num_classes)
+  return jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+
+
+def test_merge_reinitialises_only_a_resized_head(resnet_state):
+  pretrained = _converted(resnet_state)
+  shapes = _init_shapes(4)
   # Stand-in fresh init (a real one takes a long compile on CPU).
   init = jax.tree.map(lambda s: np.full(s.shape, 7.0, s.dtype), shapes)
   merged = weights.merge_pretrained(init, pretrained,
@@ -134,11 +144,8 @@ def test_merge_reinitialises_only_a_resized_head(resnet_state):
 
 
 def test_merge_rejects_any_other_mismatch(resnet_state):
-  pretrained, _ = weights.convert_state_dict(
-      'resnet50', {k: v.numpy() for k, v in resnet_state.items()})
-  model = models.create('resnet50', 1000)
-  init = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  pretrained = _converted(resnet_state)
+  init = _init_shapes(1000)
   flat = weights.flatten(pretrained)
   del flat['params/layer1/0/conv1/kernel']
   flat['params/layer9/kernel'] = np.zeros((2,), np.float32)
