@@ -17,9 +17,9 @@ rep (so load drift hits every variant alike), times:
                 (Algorithm 1 literally; as `tests/test_losses.py`)
   danil_correct the DANIL step on a batch whose labels are the predictions
                 (no sample misclassified; same executable as `danil`)
-  danil_skip    the DANIL step with `skip_correct=True`: `lax.cond` skips
-                the input VJP and its double backprop when no sample is
-                misclassified (Ld = 0, Eq. 5)
+  danil_skip    the DANIL step with `skip_correct=True`: a plain forward
+                first; `lax.cond` then finishes a plain step when no sample
+                is misclassified (Ld = 0, Eq. 5), else runs the DANIL step
   danil_skip_correct  the same executable on the all-correct batch
   danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
                 instead of `danil_jax.ops`
@@ -180,8 +180,10 @@ def run_model(name, size, batch_size, args):
     from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.torch_threads)
     torch_model = torch_reference.build(name, args.num_classes)
-    torch_steps = torch_reference.Steps(torch_model, lr=0.01, momentum=0.9,
-                                        lam=LAM, eps=EPS)
+    torch_steps = torch_reference.Steps(
+        torch_model, lr=0.01, momentum=0.9, lam=LAM, eps=EPS,
+        device=args.torch_device,
+        autocast_dtype=(torch.bfloat16 if args.dtype == 'bfloat16' else None))
   state, batch, correct = setup_jax(
       name, size, batch_size, args.num_classes, jnp.dtype(args.dtype),
       torch_model=torch_steps.model if torch_steps else None)
@@ -220,9 +222,9 @@ def run_model(name, size, batch_size, args):
   torch_inputs = None
   if torch_steps is not None:
     import torch  # pylint: disable=g-import-not-at-top
-    torch_inputs = (torch.from_numpy(np.asarray(batch['image'])).permute(
-        0, 3, 1, 2).contiguous(), torch.from_numpy(
-            np.asarray(batch['label'])).long())
+    torch_inputs = (torch.from_numpy(np.array(batch['image'])).permute(
+        0, 3, 1, 2).contiguous().to(torch_steps.device), torch.from_numpy(
+            np.array(batch['label'])).long().to(torch_steps.device))
     result['torch'] = {v: dict(ms=[]) for v in TORCH_VARIANTS
                        if v in variants}
   for rep in range(args.reps + 1):  # rep 0 is a warm-up
@@ -237,8 +239,10 @@ def run_model(name, size, batch_size, args):
     if torch_steps is not None:
       for v in result['torch']:
         torch_steps.reset()
+        torch_steps.synchronize()
         start = time.perf_counter()
         getattr(torch_steps, v)(*torch_inputs)
+        torch_steps.synchronize()
         if rep:
           result['torch'][v]['ms'].append((time.perf_counter() - start) * 1e3)
   _summarise(result)
@@ -248,11 +252,12 @@ def run_model(name, size, batch_size, args):
 def _torch_check(torch_steps, batch):
   import torch  # pylint: disable=g-import-not-at-top
   torch_steps.reset()
-  x = torch.from_numpy(np.asarray(batch['image'])).permute(0, 3, 1, 2)
-  y = torch.from_numpy(np.asarray(batch['label'])).long()
-  loss, ce, ld = torch_steps.danil_terms(x.contiguous(), y)
+  x = torch.from_numpy(np.array(batch['image'])).permute(0, 3, 1, 2)
+  y = torch.from_numpy(np.array(batch['label'])).long()
+  loss, ce, ld = torch_steps.danil_terms(
+      x.contiguous().to(torch_steps.device), y.to(torch_steps.device))
   torch_steps.reset()
-  return dict(loss=float(loss), ce=float(ce), distraction=float(ld))
+  return dict(loss=loss.item(), ce=ce.item(), distraction=ld.item())
 
 
 def _summarise(result):
@@ -323,16 +328,24 @@ def main(argv=None):
   parser.add_argument('--torch_threads', type=int, default=os.cpu_count(),
                       help='torch.set_num_threads (XLA uses all cores); '
                       'on a loaded machine OpenMP threads spin and collapse')
+  parser.add_argument('--torch_device', default=None,
+                      help="torch device (default: 'cuda' when JAX runs on "
+                      "a GPU, else 'cpu'); bfloat16 runs under autocast")
   parser.add_argument('--stock', action='store_true',
                       help='also time DANIL with the stock lax conv/pool rules')
   parser.add_argument('--json', default=None, help='write results here')
   args = parser.parse_args(argv)
+  if args.torch_device is None:
+    args.torch_device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'
   env = dict(jax=jax.__version__, backend=jax.default_backend(),
+             device_kind=jax.devices()[0].device_kind,
              devices=[str(d) for d in jax.devices()], cpus=os.cpu_count(),
              load_before=_load())
   if args.torch:
     import torch  # pylint: disable=g-import-not-at-top
     env['torch'] = torch.__version__
+    if args.torch_device.startswith('cuda'):
+      env['gpu'] = torch.cuda.get_device_name()
   try:
     env['cpu'] = subprocess.run(
         ['sh', '-c', "lscpu | grep 'Model name' | cut -d: -f2"],
@@ -346,7 +359,8 @@ def main(argv=None):
     print(f'{name} {size}x{size} batch {batch} ({args.dtype})', flush=True)
     results.append(run_model(name, size, batch, args))
   env['load_after'] = _load()
-  print(f"\n{env['backend']} ({env.get('cpu', '?')}, {env['cpus']} cores), "
+  print(f"\n{env['backend']} {env['device_kind']} "
+        f"({env.get('cpu', '?')}, {env['cpus']} cores), "
         f"jax {env['jax']}" + (f", torch {env['torch']}" if args.torch else '')
         + f"; load avg before {env['load_before']}, after {env['load_after']}"
         f"; median of {args.reps} interleaved reps")

@@ -57,8 +57,13 @@ class Steps:
   one train state.
   """
 
-  def __init__(self, model, *, lr=0.01, momentum=0.9, lam=1e-5, eps=1e-4):
-    self.model = model
+  def __init__(self, model, *, lr=0.01, momentum=0.9, lam=1e-5, eps=1e-4,
+               device='cpu', autocast_dtype=None):
+    self.device = torch.device(device)
+    self.model = model.to(self.device)
+    # bf16 compute under autocast, like `config.dtype`: the parameters, the
+    # input gradient and its norm stay float32.
+    self.autocast_dtype = autocast_dtype
     self.params = [p for p in model.parameters() if p.requires_grad]
     self.opt = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
     self.lam, self.eps = lam, eps
@@ -68,12 +73,23 @@ class Steps:
     self.model.load_state_dict(self._snapshot)
     self.opt.state.clear()
 
+  def synchronize(self):
+    if self.device.type == 'cuda':
+      torch.cuda.synchronize(self.device)
+
+  def _autocast(self):
+    return torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                          enabled=self.autocast_dtype is not None)
+
   def forward(self, x, y):
     del y
-    return self.model(x)
+    with self._autocast():
+      return self.model(x)
 
   def plain(self, x, y):
-    loss = F.cross_entropy(self.model(x), y)
+    with self._autocast():
+      logits = self.model(x)
+    loss = F.cross_entropy(logits.float(), y)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()
@@ -82,7 +98,8 @@ class Steps:
   def danil_terms(self, x, y):
     """(loss, ce, Ld) with the graph kept for the parameter backward."""
     x = x.detach().requires_grad_(True)
-    logits = self.model(x)  # the one shared forward
+    with self._autocast():
+      logits = self.model(x).float()  # the one shared forward
     ce = F.cross_entropy(logits, y)
     pred = logits.argmax(1).detach()
     misclassified = (pred != y).to(logits.dtype)
@@ -109,8 +126,10 @@ def time_steps(steps: Steps, x, y, names, reps: int) -> dict[str, list]:
   for rep in range(reps + 1):
     for name in names:
       steps.reset()
+      steps.synchronize()
       start = time.perf_counter()
       getattr(steps, name)(x, y)
+      steps.synchronize()
       elapsed = (time.perf_counter() - start) * 1e3
       if rep:  # rep 0 warms up the allocator and autograd caches
         times[name].append(elapsed)
@@ -124,12 +143,18 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=8)
   parser.add_argument('--num_classes', type=int, default=7)
   parser.add_argument('--reps', type=int, default=5)
+  parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+  parser.add_argument('--bf16', action='store_true',
+                      help='bf16 autocast (parameters stay float32)')
   args = parser.parse_args(argv)
   torch.set_num_threads(os.cpu_count())
-  steps = Steps(build(args.model, args.num_classes))
+  steps = Steps(build(args.model, args.num_classes), device=args.device,
+                autocast_dtype=torch.bfloat16 if args.bf16 else None)
   gen = torch.Generator().manual_seed(1)
-  x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-  y = torch.randint(0, args.num_classes, (args.batch,), generator=gen)
+  x = torch.randn(args.batch, 3, args.size, args.size,
+                  generator=gen).to(args.device)
+  y = torch.randint(0, args.num_classes, (args.batch,),
+                    generator=gen).to(args.device)
   times = time_steps(steps, x, y, ('forward', 'plain', 'danil'), args.reps)
   base = statistics.median(times['plain'])
   for name, ts in times.items():

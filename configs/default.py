@@ -12,7 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # 'base' (plain cross-entropy), 'ohem' or 'danil'.
   config.method = 'danil'
-  config.danil = ml_collections.ConfigDict(dict(lam=1e-5, eps=1e-4))
+  # skip_correct: a batch with nothing misclassified (Ld = 0) costs a plain
+  # step, every other batch one forward more (steps.train_step).
+  config.danil = ml_collections.ConfigDict(
+      dict(lam=1e-5, eps=1e-4, skip_correct=False))
   config.ohem = ml_collections.ConfigDict(dict(keep_ratio=0.7))
 
   config.model = ml_collections.ConfigDict()

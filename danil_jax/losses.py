@@ -59,7 +59,6 @@ def danil_loss(
     lam: float = 1e-5,
     eps: float = 1e-4,
     has_aux: bool = False,
-    skip_correct: bool = False,
 ) -> tuple[jax.Array, dict[str, Any]]:
   """DANIL total loss L = L+c + lam * Ld (Eq. 6) for a batch.
 
@@ -72,10 +71,6 @@ def danil_loss(
     lam: weight of the distraction loss (Eq. 6); the paper uses 1e-5.
     eps: stabiliser of Eq. 5; the paper uses 1e-4.
     has_aux: whether `logits_fn` returns `(logits, model_aux)`.
-    skip_correct: skip the input VJP and its double backprop (`lax.cond`)
-      when no sample of the batch is misclassified. Exact either way; off by
-      default because XLA's CPU backend runs the double backprop inside a
-      conditional branch ~2.5x slower (benchmarks/README.md).
 
   Returns:
     `(loss, aux)` where aux holds `ce` (L+c, batch mean), `distraction` (Ld,
@@ -84,9 +79,9 @@ def danil_loss(
     float32 [B]), `logits` and, with `has_aux`, `model_aux` from the single
     forward pass.
 
-  With `skip_correct`, a batch with no misclassified sample skips the input
-  VJP (`lax.cond`): its cotangent is then zero, so `distance` is 0 and the
-  gradient is exactly that of L+c, at about the cost of a plain step.
+  A batch with no misclassified sample has a zero cotangent, hence Ld = 0
+  and the plain L+c gradient, but still pays for the double backprop;
+  `steps.train_step(skip_correct=True)` skips it at the step level.
   """
   if has_aux:
     logits, input_vjp, model_aux = jax.vjp(logits_fn, x, has_aux=True)
@@ -104,26 +99,11 @@ def danil_loss(
   misclassified = (pred != labels).astype(_at_least_f32(logits.dtype))
   cotangent = (jax.nn.one_hot(pred, num_classes, dtype=logits.dtype)
                - jax.nn.one_hot(labels, num_classes, dtype=logits.dtype))
-  map_dtype = _at_least_f32(x.dtype)
-
-  def squared_map_norms(cotangent):
-    (map_difference,) = input_vjp(cotangent)  # A+ - A-, one map per image
-    # The map and its norm in at least float32, whatever the compute dtype.
-    map_difference = map_difference.astype(map_dtype)
-    return jnp.sum(jnp.square(map_difference),
-                   axis=tuple(range(1, map_difference.ndim)))
-
-  def no_maps(cotangent):
-    return jnp.zeros(cotangent.shape[:1], map_dtype)
-
-  # With no misclassified sample in the (global) batch the cotangent is zero,
-  # so the maps and Ld vanish and the gradient is exactly the plain CE one:
-  # skip the input VJP and the double backprop through it.
-  if skip_correct:
-    distance = jax.lax.cond(jnp.any(pred != labels), squared_map_norms,
-                            no_maps, cotangent)
-  else:
-    distance = squared_map_norms(cotangent)
+  (map_difference,) = input_vjp(cotangent)  # A+ - A-, one map per image
+  # The map and its norm in at least float32, whatever the compute dtype.
+  map_difference = map_difference.astype(_at_least_f32(x.dtype))
+  distance = jnp.sum(jnp.square(map_difference),
+                     axis=tuple(range(1, map_difference.ndim)))
   # Correct samples have a zero cotangent, hence a zero map; the mask makes
   # their Ld exactly 0 rather than 1/eps (Algorithm 1, line 11).
   distraction = jnp.mean(misclassified / (distance + eps))

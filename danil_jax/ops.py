@@ -19,7 +19,7 @@ Two of JAX's stock rules make the second pass slow on CPU:
 Every undilated NHWC conv takes the custom rule (stride 1 too), so its weight
 gradient can be written as a canonical NHWC/HWIO conv of explicitly
 transposed operands, the only form XLA:CPU runs fast inside `lax.cond`
-branches (`losses.danil_loss(skip_correct=True)`).
+branches (`steps.train_step(skip_correct=True)`).
 
 Both are `jax.custom_vjp` functions whose forward passes call the stock lax ops
 (identical values) and whose backward passes are ordinary differentiable JAX
@@ -151,16 +151,24 @@ def conv_input_grad(g, w, input_hw, strides, pads, groups=1, precision=None):
                 ((0, 0), (0, 0)), groups, precision)
 
 
-def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
-  """d conv / d w applied to `g` (groups=1), as a canonical NHWC/HWIO conv.
+# Below this many input channels a conv's weight gradient is cheaper as one
+# matrix product per kernel offset (the ImageNet stem's 3 RGB channels).
+_FEW_CHANNELS = 4
 
-  dw[a, b, i, o] = sum_{n, m} xpad[n, a + m*s, i] g[n, m, o]: a conv of x,
-  transposed to (I, H, W, N), with g, transposed to (M, M, N, O) and dilated
-  by the stride. XLA's CPU backend canonicalises the stock rule's
-  batch-as-feature layout to this form with transposes in the entry
-  computation but not inside `lax.cond` branches, where the stock form runs
-  on a slow generic loop; spelling it out keeps it fast everywhere.
+
+def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
+  """d conv / d w applied to `g` (groups=1).
+
+  dw[a, b, i, o] = sum_{n, m} xpad[n, a + m*s, i] g[n, m, o]. XLA:CPU runs
+  the stock rule, a conv with the batch as contraction and the whole output
+  map as "kernel", 5-20x slower than PyTorch (benchmarks/conv_profile.py).
+  For 1x1 kernels and few input channels it is written as one matrix
+  product per kernel offset (a strided slice of x against g); otherwise as
+  a canonical NHWC/HWIO conv of transposed operands, which XLA:CPU also runs
+  fast inside `lax.cond` branches, unlike the stock rule's layout.
   """
+  if tuple(kernel_hw) == (1, 1) or x.shape[-1] <= _FEW_CHANNELS:
+    return _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision)
   conv_pads = []
   for n, k, s, (pl, _), m in zip(x.shape[1:3], kernel_hw, strides, pads,
                                  g.shape[1:3]):
@@ -171,6 +179,24 @@ def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
       conv_pads, rhs_dilation=tuple(strides), dimension_numbers=_NHWC,
       precision=precision)
   return jnp.transpose(dw, (1, 2, 0, 3))
+
+
+def _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision):
+  """`conv_weight_grad` as kh*kw products [N*M*M, I]^T [N*M*M, O]."""
+  config = [(0, 0, 0)]
+  for n, k, s, (pl, _), m in zip(x.shape[1:3], kernel_hw, strides, pads,
+                                 g.shape[1:3]):
+    # Pad high only as far as the last window reaches (floor-mode leftovers
+    # of the input are never read).
+    config.append((pl, max(0, k + (m - 1) * s - n - pl), 0))
+  config.append((0, 0, 0))
+  x_padded = lax.pad(x, jnp.zeros((), x.dtype), config)
+  out_hw = g.shape[1:3]
+  products = [
+      jnp.einsum('nhwi,nhwo->io', window, g, precision=precision)
+      for window in _window_slices(x_padded, kernel_hw, strides, out_hw)]
+  kh, kw = kernel_hw
+  return jnp.stack(products).reshape(kh, kw, x.shape[-1], g.shape[-1])
 
 
 def _conv2d_bwd(strides, pads, groups, precision, res, g):

@@ -66,13 +66,13 @@ def _forward_fn(state: TrainState, params, rng) -> Callable:
 
 
 def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
-          keep_ratio: float, skip_correct: bool = False):
+          keep_ratio: float):
   """Returns (loss, (aux, batch_stats updates)) for one method."""
   logits_fn = _forward_fn(state, params, rng)
   images, labels = batch['image'], batch['label']
   if method == 'danil':
     loss, aux = losses.danil_loss(logits_fn, images, labels, lam=lam, eps=eps,
-                                  has_aux=True, skip_correct=skip_correct)
+                                  has_aux=True)
     return loss, (aux, aux.pop('model_aux'))
   if method not in METHODS:
     raise ValueError(f'config.method must be one of {METHODS}, got {method!r}')
@@ -93,14 +93,24 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
                skip_correct: bool = False):
   """One SGD step; returns the new state and scalar metrics.
 
-  `skip_correct` (DANIL only): see `losses.danil_loss`.
+  `skip_correct` (DANIL only): when no sample of the global batch is
+  misclassified, Ld = 0 (Eq. 5) and the gradient is exactly the plain L+c
+  one; compute only that, at the cost of a plain step, instead of the double
+  backprop. The price is one extra forward on every other batch (see
+  `_value_and_grad_skipping_correct`); worth it late in training, when most
+  batches are classified correctly (the `misclassified` metric says).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
                               method=method, lam=lam, eps=eps,
-                              keep_ratio=keep_ratio, skip_correct=skip_correct)
-  (loss, (aux, model_updates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+                              keep_ratio=keep_ratio)
+  if method == 'danil' and skip_correct:
+    (loss, (aux, model_updates)), grads = _value_and_grad_skipping_correct(
+        loss_fn, functools.partial(loss_fn, method='base'), state.params,
+        batch['label'])
+  else:
+    (loss, (aux, model_updates)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
   if model_updates:
     new_state = new_state.replace(batch_stats=model_updates['batch_stats'])
@@ -108,7 +118,45 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
       loss=loss, ce=aux['ce'], distraction=aux['distraction'],
       misclassified=jnp.mean(aux['misclassified']),
       grad_norm=optax.tree.norm(grads))
+  if 'skipped' in aux:  # 1 where skip_correct took the plain gradient
+    metrics['skipped'] = aux['skipped']
   return new_state, metrics
+
+
+def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params,
+                                     labels):
+  """`value_and_grad(danil_loss_fn)`, with Ld's double backprop skipped when
+  nothing in the batch is misclassified.
+
+  The plain loss's forward runs first, keeping its pullback; its logits say
+  whether any sample is misclassified. If none is, the pullback gives the
+  gradient (a plain step in all); otherwise the full DANIL value and
+  gradient are computed, forward included (one forward more than DANIL).
+  Skipping inside `danil_loss` instead costs more: JAX's reverse mode of a
+  `lax.cond` zero-fills the untaken branch's residuals, so the all-correct
+  batch still cost 1.57x a plain step and 5.9x its memory (resnet50 on an
+  H200, benchmarks/README.md).
+  """
+  loss, pullback, (aux, updates) = jax.vjp(plain_loss_fn, params,
+                                           has_aux=True)
+  any_misclassified = jnp.any(jnp.argmax(aux['logits'], -1) != labels)
+
+  def metrics(aux, skipped):
+    return dict({k: aux[k] for k in ('ce', 'distraction', 'misclassified')},
+                skipped=jnp.float32(skipped))
+
+  def danil(_):
+    (value, (danil_aux, danil_updates)), grads = jax.value_and_grad(
+        danil_loss_fn, has_aux=True)(params)
+    return value, metrics(danil_aux, 0.0), danil_updates, grads
+
+  def plain(_):
+    (grads,) = pullback(jnp.ones_like(loss))
+    return loss, metrics(aux, 1.0), updates, grads
+
+  value, aux, updates, grads = jax.lax.cond(any_misclassified, danil, plain,
+                                            None)
+  return (value, (aux, updates)), grads
 
 
 def distraction_gradient_share(state: TrainState, batch, *, lam: float,

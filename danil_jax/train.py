@@ -98,7 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   loss_kw = dict(lam=config.danil.lam, eps=config.danil.eps)
   train_step = jax.jit(
       functools.partial(steps.train_step, method=config.method,
-                        keep_ratio=config.ohem.keep_ratio, **loss_kw),
+                        keep_ratio=config.ohem.keep_ratio,
+                        skip_correct=config.danil.skip_correct, **loss_kw),
       in_shardings=(replicated, data), out_shardings=(replicated, replicated),
       donate_argnums=0)
   gradient_share = jax.jit(
