@@ -216,17 +216,12 @@ def run_model(name, size, batch_size, args):
                                correct if v.endswith('_correct') else batch)
       checks[v] = {k: float(x) for k, x in metrics.items()}
   if torch_steps is not None:
-    checks['torch_danil'] = _torch_check(torch_steps, batch)
-  result['checks'] = checks
-  print('  checks: ' + json.dumps(checks), flush=True)
-  torch_inputs = None
-  if torch_steps is not None:
-    import torch  # pylint: disable=g-import-not-at-top
-    torch_inputs = (torch.from_numpy(np.array(batch['image'])).permute(
-        0, 3, 1, 2).contiguous().to(torch_steps.device), torch.from_numpy(
-            np.array(batch['label'])).long().to(torch_steps.device))
+    torch_inputs = torch_steps.inputs(batch['image'], batch['label'])
+    checks['torch_danil'] = _torch_check(torch_steps, torch_inputs)
     result['torch'] = {v: dict(ms=[]) for v in TORCH_VARIANTS
                        if v in variants}
+  result['checks'] = checks
+  print('  checks: ' + json.dumps(checks), flush=True)
   for rep in range(args.reps + 1):  # rep 0 is a warm-up
     for v in variants:
       inputs = correct if v.endswith('_correct') else batch
@@ -238,24 +233,16 @@ def run_model(name, size, batch_size, args):
             (time.perf_counter() - start) * 1e3)
     if torch_steps is not None:
       for v in result['torch']:
-        torch_steps.reset()
-        torch_steps.synchronize()
-        start = time.perf_counter()
-        getattr(torch_steps, v)(*torch_inputs)
-        torch_steps.synchronize()
+        elapsed = torch_steps.time_ms(v, *torch_inputs)
         if rep:
-          result['torch'][v]['ms'].append((time.perf_counter() - start) * 1e3)
+          result['torch'][v]['ms'].append(elapsed)
   _summarise(result)
   return result
 
 
-def _torch_check(torch_steps, batch):
-  import torch  # pylint: disable=g-import-not-at-top
+def _torch_check(torch_steps, torch_inputs):
   torch_steps.reset()
-  x = torch.from_numpy(np.array(batch['image'])).permute(0, 3, 1, 2)
-  y = torch.from_numpy(np.array(batch['label'])).long()
-  loss, ce, ld = torch_steps.danil_terms(
-      x.contiguous().to(torch_steps.device), y.to(torch_steps.device))
+  loss, ce, ld = torch_steps.danil_terms(*torch_inputs)
   torch_steps.reset()
   return dict(loss=loss.item(), ce=ce.item(), distraction=ld.item())
 

@@ -81,6 +81,21 @@ class Steps:
     return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                           enabled=self.autocast_dtype is not None)
 
+  def inputs(self, images_nhwc, labels):
+    """(x NCHW float, y long) on this device, from numpy-like NHWC arrays."""
+    x = torch.from_numpy(np.array(images_nhwc)).permute(0, 3, 1, 2)
+    y = torch.from_numpy(np.array(labels)).long()
+    return x.contiguous().to(self.device), y.to(self.device)
+
+  def time_ms(self, name, x, y):
+    """ms of one call of step `name` from the snapshot, device synced."""
+    self.reset()
+    self.synchronize()
+    start = time.perf_counter()
+    getattr(self, name)(x, y)
+    self.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
   def forward(self, x, y):
     del y
     with self._autocast():
@@ -125,12 +140,7 @@ def time_steps(steps: Steps, x, y, names, reps: int) -> dict[str, list]:
   times = {n: [] for n in names}
   for rep in range(reps + 1):
     for name in names:
-      steps.reset()
-      steps.synchronize()
-      start = time.perf_counter()
-      getattr(steps, name)(x, y)
-      steps.synchronize()
-      elapsed = (time.perf_counter() - start) * 1e3
+      elapsed = steps.time_ms(name, x, y)
       if rep:  # rep 0 warms up the allocator and autograd caches
         times[name].append(elapsed)
   return times

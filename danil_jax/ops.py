@@ -17,9 +17,11 @@ Two of JAX's stock rules make the second pass slow on CPU:
   derivative is a handful of strided slices.
 
 Every undilated NHWC conv takes the custom rule (stride 1 too), so its weight
-gradient can be written as a canonical NHWC/HWIO conv of explicitly
-transposed operands, the only form XLA:CPU runs fast inside `lax.cond`
-branches (`steps.train_step(skip_correct=True)`).
+gradient can be written in a form XLA:CPU runs fast, also inside `lax.cond`
+branches (`steps.train_step(skip_correct=True)`): one matrix product per
+kernel offset for 1x1 kernels and RGB inputs, else a canonical NHWC/HWIO conv
+of explicitly transposed operands (the stock rule's layout is 5-20x slower
+than PyTorch on 1x1 convs, benchmarks/conv_profile.py).
 
 Both are `jax.custom_vjp` functions whose forward passes call the stock lax ops
 (identical values) and whose backward passes are ordinary differentiable JAX
@@ -181,6 +183,17 @@ def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
   return jnp.transpose(dw, (1, 2, 0, 3))
 
 
+def _window_slices(x_padded, window, strides, out_hw):
+  """The window's shifted, strided views of the padded input, row-major."""
+  (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
+  for i in range(kh):
+    for j in range(kw):
+      yield lax.slice(
+          x_padded, (0, i, j, 0),
+          (x_padded.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1,
+           x_padded.shape[3]), (1, sh, sw, 1))
+
+
 def _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision):
   """`conv_weight_grad` as kh*kw products [N*M*M, I]^T [N*M*M, O]."""
   config = [(0, 0, 0)]
@@ -215,17 +228,6 @@ conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 # -------------------------------------------------------------------- pooling
-
-
-def _window_slices(x_padded, window, strides, out_hw):
-  """The window's shifted, strided views of the padded input, row-major."""
-  (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
-  for i in range(kh):
-    for j in range(kw):
-      yield lax.slice(
-          x_padded, (0, i, j, 0),
-          (x_padded.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1,
-           x_padded.shape[3]), (1, sh, sw, 1))
 
 
 def _pad_neg_inf(x, pads):

@@ -106,8 +106,7 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
                               keep_ratio=keep_ratio)
   if method == 'danil' and skip_correct:
     (loss, (aux, model_updates)), grads = _value_and_grad_skipping_correct(
-        loss_fn, functools.partial(loss_fn, method='base'), state.params,
-        batch['label'])
+        loss_fn, functools.partial(loss_fn, method='base'), state.params)
   else:
     (loss, (aux, model_updates)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
@@ -123,8 +122,7 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   return new_state, metrics
 
 
-def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params,
-                                     labels):
+def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params):
   """`value_and_grad(danil_loss_fn)`, with Ld's double backprop skipped when
   nothing in the batch is misclassified.
 
@@ -139,7 +137,7 @@ def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params,
   """
   loss, pullback, (aux, updates) = jax.vjp(plain_loss_fn, params,
                                            has_aux=True)
-  any_misclassified = jnp.any(jnp.argmax(aux['logits'], -1) != labels)
+  any_misclassified = jnp.any(aux['misclassified'] > 0)
 
   def metrics(aux, skipped):
     return dict({k: aux[k] for k in ('ce', 'distraction', 'misclassified')},
