@@ -227,10 +227,13 @@ def run_model(name, size, batch_size, args):
       inputs = correct if v.endswith('_correct') else batch
       state_copy = _copy(state)
       start = time.perf_counter()
-      jax.block_until_ready(compiled[v](state_copy, inputs))
+      _, metrics = jax.block_until_ready(compiled[v](state_copy, inputs))
       if rep:
         result['variants'][v]['ms'].append(
             (time.perf_counter() - start) * 1e3)
+        if 'skipped' in metrics:  # which branch each timed call took
+          result['variants'][v].setdefault('skipped', []).append(
+              float(metrics['skipped']))
     if torch_steps is not None:
       for v in result['torch']:
         elapsed = torch_steps.time_ms(v, *torch_inputs)
@@ -284,6 +287,11 @@ def format_table(results) -> str:
       lines.append(f"{'':14s} {v:14s} {e['median_ms']:9.1f} "
                    f"{e['x_plain']:8.2f} {e['x_forward']:6.2f} "
                    f"{e['compile_s']:9.1f} {temp_s}{torch_s}")
+    skips = {v: e['skipped'] for v, e in r['variants'].items()
+             if 'skipped' in e}
+    if skips:
+      lines.append(f"{'':14s} skipped, per timed call: " + ', '.join(
+          f"{v} {[int(x) for x in s]}" for v, s in skips.items()))
   return '\n'.join(lines)
 
 

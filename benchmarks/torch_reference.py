@@ -45,7 +45,11 @@ def build(arch: str, num_classes: int, seed: int = 0) -> torch.nn.Module:
 
 
 def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
-  return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+  # Copies: `.numpy()` shares the tensor's memory, `jax.device_put` of it
+  # can too (zero-copy on CPU), and the torch steps update BN statistics and
+  # parameters in place; a shared buffer would change the JAX weights.
+  return {k: v.detach().cpu().numpy().copy()
+          for k, v in model.state_dict().items()}
 
 
 class Steps:

@@ -2,26 +2,25 @@
 
 DANIL's input maps A+ - A- (Eq. 2) are an input VJP through the network, and
 the outer parameter gradient of Ld (Eq. 5-6) differentiates that VJP again.
-Two of JAX's stock rules make the second pass slow on CPU:
+JAX's stock rules make that second pass slow on CPU:
 
-* The input gradient of a strided conv is a conv with `lhs_dilation`, and the
-  weight gradient of *that* (needed for d Ld / d w) is an rhs-dilated,
-  reversed conv that XLA's CPU backend runs on a slow generic path. Here the
-  input gradient is an interior `lax.pad` (the stride's zeros made explicit)
-  followed by a stride-1 conv with the flipped kernel, so every derivative
-  of it is a stride-1 conv or a strided slice.
+* The input gradient of a strided conv is a conv with `lhs_dilation` (s*s
+  times the forward's multiply-adds, most on zeros), and the weight
+  gradient of *that* is an rhs-dilated, reversed conv on a slow generic
+  path. Here it is polyphase: s*s stride-1 convs of the cotangent with the
+  kernel's phases, interleaved (`conv_input_grad`); strided convs with RGB
+  inputs (stems) instead fold the input space-to-depth on the CPU and take
+  the stride-1 rules (`_space_to_depth_bwd`). Every derivative of either is
+  a stride-1 conv, a slice or a reshape.
 * The max-pool's VJP is `select_and_scatter_add`, whose own derivative is
   `select_and_gather_add` (pairs packed into 64-bit words on CPU). Here the
   window position of each maximum is stored as a small integer and the VJP is
   a sum of interior pads, linear in the cotangent with constant masks, so its
   derivative is a handful of strided slices.
-
-Every undilated NHWC conv takes the custom rule (stride 1 too), so its weight
-gradient can be written in a form XLA:CPU runs fast, also inside `lax.cond`
-branches (`steps.train_step(skip_correct=True)`): one matrix product per
-kernel offset for 1x1 kernels and RGB inputs, else a canonical NHWC/HWIO conv
-of explicitly transposed operands (the stock rule's layout is 5-20x slower
-than PyTorch on 1x1 convs, benchmarks/conv_profile.py).
+* Weight gradients take the forms of `danil_jax.weight_grads` (on the CPU
+  one matrix product over an unfolded operand), also inside `lax.cond`
+  branches (`steps.train_step(skip_correct=True)`). Every undilated NHWC
+  conv takes the custom rule (stride 1 too) for that reason.
 
 Both are `jax.custom_vjp` functions whose forward passes call the stock lax ops
 (identical values) and whose backward passes are ordinary differentiable JAX
@@ -37,6 +36,8 @@ from typing import Sequence
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from danil_jax import weight_grads
 
 # Flax's 2D convs use NHWC inputs and HWIO kernels.
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -123,105 +124,123 @@ def _transpose_kernel(w, groups):
   return w.reshape(kh, kw, out // groups, groups * in_per_group)
 
 
-def _canonical(x):
-  # Materialise a transposed operand: XLA would fold the transpose into the
-  # conv's dimension numbers, a layout its CPU backend runs on a slow generic
-  # loop inside `lax.cond` branches (it re-canonicalises only elsewhere).
-  return lax.optimization_barrier(x)
-
-
 def conv_input_grad(g, w, input_hw, strides, pads, groups=1, precision=None):
-  """d conv / d x applied to cotangent `g`: interior pad + stride-1 conv.
+  """d conv / d x applied to cotangent `g`, as stride-1 convs only.
 
-  Per spatial axis (input N, kernel K, stride s, pads (pl, ph), output M): the
-  cotangent dilated by s is correlated in full with the flipped kernel, and
-  the rows of the padded input are cropped back to x. Folding the crop and
-  the full-correlation margin into one `lax.pad` gives low = K-1-pl and
-  high = N + pl - 1 - (M-1)s (negative pads crop), then a VALID conv.
+  Stride 1: one full correlation of `g` with the flipped kernel (a `lax.pad`
+  folding the margin and the crop back to x, then a VALID conv).
+
+  Stride s > 1 (polyphase): input row i = t*s + r - pl (residue r) only
+  receives kernel taps a = r + s*c, so
+      dx[t*s + r - pl] = sum_c g[t - c] w[r + s*c],
+  a stride-1 full correlation of `g` with the sub-kernel w[r::s]. The s*s
+  phases are computed apart and interleaved. This costs the forward's
+  multiply-adds, where the stock rule (an lhs-dilated conv) and an interior
+  pad of `g` pay s*s times as many on the zeros; the derivatives of a
+  stride-1 conv and an interleave are again stride-1 convs and slices.
   """
-  config = [(0, 0, 0)]
-  for n, k, s, (pl, _), m in zip(input_hw, w.shape[:2], strides, pads,
-                                 g.shape[1:3]):
-    low = k - 1 - pl
-    high = n + pl - 1 - (m - 1) * s
-    config.append((low, high, s - 1))
-  config.append((0, 0, 0))
-  g_dilated = lax.pad(g, jnp.zeros((), g.dtype), config)
+  if all(s == 1 for s in strides):
+    config = [(0, 0, 0)]
+    for n, k, (pl, _), m in zip(input_hw, w.shape[:2], pads, g.shape[1:3]):
+      config.append((k - 1 - pl, n + pl - m, 0))
+    config.append((0, 0, 0))
+    return _full_correlation(lax.pad(g, jnp.zeros((), g.dtype), config), w,
+                             groups, precision)
+  (sh, sw), (ph, pw) = strides, (pads[0][0], pads[1][0])
+  # Phase outputs t = 0..T-1 cover input rows up to T*s - 1 - pl >= n - 1.
+  th, tw = (-(-(n + pl) // s) for n, (pl, _), s in zip(input_hw, pads,
+                                                       strides))
+  phases = []
+  for rh in range(sh):
+    for rw in range(sw):
+      sub = w[rh::sh, rw::sw]
+      if sub.shape[0] == 0 or sub.shape[1] == 0:  # kernel smaller than s
+        phases.append(jnp.zeros((g.shape[0], th, tw, w.shape[2] * groups),
+                                g.dtype))
+        continue
+      config = [(0, 0, 0)]
+      for k, t, m in zip(sub.shape[:2], (th, tw), g.shape[1:3]):
+        config.append((k - 1, t - m, 0))  # negative high pad crops
+      config.append((0, 0, 0))
+      phases.append(_full_correlation(
+          lax.pad(g, jnp.zeros((), g.dtype), config), sub, groups, precision))
+  full = jnp.stack(phases).reshape(sh, sw, *phases[0].shape)
+  full = jnp.transpose(full, (2, 3, 0, 4, 1, 5)).reshape(
+      g.shape[0], th * sh, tw * sw, -1)
+  return full[:, ph:ph + input_hw[0], pw:pw + input_hw[1]]
+
+
+def _full_correlation(g_padded, w, groups, precision):
   # `conv2d` again, so that differentiating this input gradient (the double
   # backprop) also gets these rules.
-  return conv2d(g_dilated, _canonical(_transpose_kernel(w, groups)), (1, 1),
-                ((0, 0), (0, 0)), groups, precision)
+  kernel = weight_grads.materialised(_transpose_kernel(w, groups))
+  return conv2d(g_padded, kernel, (1, 1), ((0, 0), (0, 0)), groups,
+                precision)
 
 
-# Below this many input channels a conv's weight gradient is cheaper as one
-# matrix product per kernel offset (the ImageNet stem's 3 RGB channels).
-_FEW_CHANNELS = 4
-
-
-def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
-  """d conv / d w applied to `g` (groups=1).
-
-  dw[a, b, i, o] = sum_{n, m} xpad[n, a + m*s, i] g[n, m, o]. XLA:CPU runs
-  the stock rule, a conv with the batch as contraction and the whole output
-  map as "kernel", 5-20x slower than PyTorch (benchmarks/conv_profile.py).
-  For 1x1 kernels and few input channels it is written as one matrix
-  product per kernel offset (a strided slice of x against g); otherwise as
-  a canonical NHWC/HWIO conv of transposed operands, which XLA:CPU also runs
-  fast inside `lax.cond` branches, unlike the stock rule's layout.
-  """
-  if tuple(kernel_hw) == (1, 1) or x.shape[-1] <= _FEW_CHANNELS:
-    return _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision)
-  conv_pads = []
-  for n, k, s, (pl, _), m in zip(x.shape[1:3], kernel_hw, strides, pads,
-                                 g.shape[1:3]):
-    conv_pads.append((pl, k + (m - 1) * s - n - pl))
-  dw = lax.conv_general_dilated(
-      _canonical(jnp.transpose(x, (3, 1, 2, 0))),
-      _canonical(jnp.transpose(g, (1, 2, 0, 3))), (1, 1),
-      conv_pads, rhs_dilation=tuple(strides), dimension_numbers=_NHWC,
-      precision=precision)
-  return jnp.transpose(dw, (1, 2, 0, 3))
-
-
-def _window_slices(x_padded, window, strides, out_hw):
-  """The window's shifted, strided views of the padded input, row-major."""
-  (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
-  for i in range(kh):
-    for j in range(kw):
-      yield lax.slice(
-          x_padded, (0, i, j, 0),
-          (x_padded.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1,
-           x_padded.shape[3]), (1, sh, sw, 1))
-
-
-def _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision):
-  """`conv_weight_grad` as kh*kw products [N*M*M, I]^T [N*M*M, O]."""
-  config = [(0, 0, 0)]
-  for n, k, s, (pl, _), m in zip(x.shape[1:3], kernel_hw, strides, pads,
-                                 g.shape[1:3]):
-    # Pad high only as far as the last window reaches (floor-mode leftovers
-    # of the input are never read).
-    config.append((pl, max(0, k + (m - 1) * s - n - pl), 0))
-  config.append((0, 0, 0))
-  x_padded = lax.pad(x, jnp.zeros((), x.dtype), config)
-  out_hw = g.shape[1:3]
-  products = [
-      jnp.einsum('nhwi,nhwo->io', window, g, precision=precision)
-      for window in _window_slices(x_padded, kernel_hw, strides, out_hw)]
-  kh, kw = kernel_hw
-  return jnp.stack(products).reshape(kh, kw, x.shape[-1], g.shape[-1])
+# Space-to-depth backward for strided convs with at most this many channels
+# once folded (RGB x 2 x 2 phases = 12), CPU only.
+_FOLDED_CHANNELS = 12
 
 
 def _conv2d_bwd(strides, pads, groups, precision, res, g):
   x, w = res
-  dx = conv_input_grad(g, w, x.shape[1:3], strides, pads, groups, precision)
-  if groups == 1:
-    dw = conv_weight_grad(x, g, w.shape[:2], strides, pads, precision)
+  if (groups == 1 and max(strides) > 1 and weight_grads.cpu_rules()
+      and x.shape[-1] * strides[0] * strides[1] <= _FOLDED_CHANNELS):
+    dx, dw = _space_to_depth_bwd(x, w, g, strides, pads, precision)
+  elif groups == 1:
+    dx = conv_input_grad(g, w, x.shape[1:3], strides, pads, 1, precision)
+    dw = weight_grads.conv_weight_grad(x, g, w.shape[:2], strides, pads,
+                                       precision)
   else:
+    dx = conv_input_grad(g, w, x.shape[1:3], strides, pads, groups,
+                         precision)
     _, w_vjp = jax.vjp(lambda w_: _conv(x, w_, strides, pads, groups,
                                         precision), w)
     (dw,) = w_vjp(g)
   return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+def _space_to_depth_bwd(x, w, g, strides, pads, precision):
+  """Both gradients of a strided conv with few input channels (RGB stems).
+
+  Per axis, with the kernel zero-padded to q*s taps, y[m] = sum_{j<q, r<s}
+  xpad[(m + j)*s + r] w[j*s + r]: a stride-1 conv with a q-tap kernel over
+  the input folded to s*s*C channels. Its gradients are the stride-1 rules
+  above; the polyphase input gradient would instead be s*s convs with C
+  (3) output channels, which XLA:CPU runs about 3x slower, and so do their
+  weight gradients in the double backprop.
+  """
+  (sh, sw), cin = strides, x.shape[-1]
+  qh, qw = (-(-k // s) for k, s in zip(w.shape[:2], strides))
+  # Padded length s*(m + q - 1): every window, no floor-mode leftover.
+  lengths = [s * (m + q - 1) for s, m, q in zip(strides, g.shape[1:3],
+                                                 (qh, qw))]
+  crop = [(pl, length - n - pl) for n, (pl, _), length in zip(x.shape[1:3],
+                                                              pads, lengths)]
+  x_pad = lax.pad(x, jnp.zeros((), x.dtype),
+                  [(0, 0, 0), *((lo, hi, 0) for lo, hi in crop), (0, 0, 0)])
+  n = x.shape[0]
+  x_folded = jnp.transpose(
+      x_pad.reshape(n, lengths[0] // sh, sh, lengths[1] // sw, sw, cin),
+      (0, 1, 3, 2, 4, 5)).reshape(n, lengths[0] // sh, lengths[1] // sw, -1)
+  kh, kw, _, cout = w.shape
+  w_pad = jnp.pad(w, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
+  w_folded = jnp.transpose(w_pad.reshape(qh, sh, qw, sw, cin, cout),
+                           (0, 2, 1, 3, 4, 5)).reshape(qh, qw, -1, cout)
+  no_pads = ((0, 0), (0, 0))
+  dx_folded = conv_input_grad(g, w_folded, x_folded.shape[1:3], (1, 1),
+                              no_pads, 1, precision)
+  dw_folded = weight_grads.conv_weight_grad(x_folded, g, (qh, qw), (1, 1),
+                                            no_pads, precision)
+  dx_pad = jnp.transpose(
+      dx_folded.reshape(n, lengths[0] // sh, lengths[1] // sw, sh, sw, cin),
+      (0, 1, 3, 2, 4, 5)).reshape(n, *lengths, cin)
+  dx = lax.pad(dx_pad, jnp.zeros((), dx_pad.dtype),
+               [(0, 0, 0), *((-lo, -hi, 0) for lo, hi in crop), (0, 0, 0)])
+  dw = jnp.transpose(dw_folded.reshape(qh, qw, sh, sw, cin, cout),
+                     (0, 2, 1, 3, 4, 5)).reshape(qh * sh, qw * sw, cin, cout)
+  return dx, dw[:kh, :kw]
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -263,8 +282,8 @@ def _max_pool_fwd(x, window, strides, pads, input_hw):
   # stock rule (select_and_scatter with `>=`) routes the gradient to. A
   # running argmax rather than `view == y`: XLA may recompute x in another
   # fusion with different rounding, and an equality test would then miss.
-  views = _window_slices(_pad_neg_inf(lax.stop_gradient(x), pads), window,
-                         strides, y.shape[1:3])
+  views = weight_grads.window_slices(
+      _pad_neg_inf(lax.stop_gradient(x), pads), window, strides, y.shape[1:3])
   best = next(views)
   index = jnp.zeros(y.shape, jnp.int8)
   for k, view in enumerate(views, start=1):

@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 from danil_jax import losses
 from danil_jax import ops
+from danil_jax import weight_grads
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -21,10 +22,13 @@ CONV_CASES = [
     ((8, 9), 3, (2, 2), ((0, 1), (0, 1)), 1, 4, 6),  # asymmetric ('SAME')
     ((9, 9), 3, (2, 1), ((1, 1), (1, 1)), 1, 2, 3),  # mixed strides
     ((10, 10), 3, (3, 3), ((0, 0), (0, 0)), 1, 2, 3),  # floor-mode leftover
-    ((9, 9), 3, (1, 1), ((1, 1), (1, 1)), 1, 4, 6),  # stride 1
-    ((9, 9), 3, (1, 1), ((1, 1), (1, 1)), 1, 6, 5),  # weight grad as a conv
+    ((9, 9), 3, (1, 1), ((1, 1), (1, 1)), 1, 4, 6),  # stride 1, unfold x
+    ((9, 9), 3, (1, 1), ((1, 1), (1, 1)), 1, 16, 14),  # weight grad as a conv
     ((7, 6), 1, (1, 1), ((0, 0), (0, 0)), 1, 5, 6),  # bottleneck 1x1
     ((9, 9), 3, (2, 2), ((1, 1), (1, 1)), 4, 4, 8),  # depthwise-like groups
+    ((9, 9), 2, (2, 2), ((0, 0), (0, 0)), 1, 3, 4),  # space-to-depth, leftover
+    ((8, 7), 3, (1, 1), ((0, 1), (1, 0)), 1, 14, 3),  # unfold g, asymmetric
+    ((9, 8), 3, (1, 1), ((0, 0), (0, 0)), 1, 3, 14),  # unfold x, VALID
 ]
 
 
@@ -67,6 +71,23 @@ def _assert_trees_close(got, want, rtol=1e-5):
 
 @pytest.mark.parametrize('case', CONV_CASES)
 def test_conv_values_and_gradients_match_stock(case):
+  _check_conv_against_stock(case)
+
+
+# The weight-gradient forms the CPU does not take: the GPU's (conv form,
+# per-offset products, polyphase stems) and the CPU's past the unfolding cap.
+@pytest.mark.parametrize('case', [CONV_CASES[0], CONV_CASES[2],
+                                  CONV_CASES[7], CONV_CASES[8]])
+@pytest.mark.parametrize('rules', ['gpu', 'cpu_past_unfold_cap'])
+def test_conv_other_weight_grad_forms_match_stock(case, rules, monkeypatch):
+  if rules == 'gpu':
+    monkeypatch.setattr(weight_grads, 'cpu_rules', lambda: False)
+  else:
+    monkeypatch.setattr(weight_grads, '_UNFOLD_MAX_ELEMENTS', 0)
+  _check_conv_against_stock(case)
+
+
+def _check_conv_against_stock(case):
   _, _, strides, pads, groups, _, _ = case
   x, w = _conv_inputs(case)
   stock, mine = _stock_conv(strides, pads, groups), _ops_conv(strides, pads,
