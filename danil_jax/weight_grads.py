@@ -26,8 +26,8 @@ _UNFOLD_MAX_ELEMENTS = 2 ** 26
 # Except between these channel counts (the smaller of in and out), where
 # the unfolded product is a thin [kh*kw*C, C] output over a long contraction
 # and the conv form was faster: the demo model's 16- and 32-channel convs
-# (plain step 150 ms with them as convs, 160 ms unfolding the 32s too,
-# 225 ms unfolding all; resnet50 has none).
+# (an A/B of its plain step: 150 ms with them as convs, 160 ms unfolding the
+# 32s too, 225 ms unfolding all; resnet50 has none).
 _CONV_FORM_CHANNELS = (13, 63)
 # On GPUs the conv form stays (cuDNN), with one product per offset for 1x1
 # kernels and inputs of at most this many channels.
@@ -39,13 +39,9 @@ def cpu_rules() -> bool:
 
 
 def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
-  """d conv / d w applied to `g` (groups=1).
-
-  dw[a, b, i, o] = sum_{n, m} xpad[n, a + m*s, i] g[n, m, o]. XLA:CPU runs
-  the stock rule, a conv with the batch as contraction and the whole output
-  map as "kernel", 5-20x slower than PyTorch (benchmarks/conv_profile.py).
-  Here it takes the form `weight_grad_form` names.
-  """
+  """d conv / d w applied to `g` (groups=1), in the form `weight_grad_form`
+  names for these shapes on this backend. Values equal the stock rule's to
+  float rounding (tests/test_weight_grads.py)."""
   form = weight_grad_form(x.shape, g.shape, kernel_hw, strides)
   if form in ('unfold x', 'unfold g'):
     return _weight_grad_by_unfolding(x, g, kernel_hw, strides, pads,
