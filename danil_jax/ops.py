@@ -211,37 +211,49 @@ def _space_to_depth_bwd(x, w, g, strides, pads, precision):
   (3) output channels, which XLA:CPU runs about 3x slower, and so do their
   weight gradients in the double backprop.
   """
-  (sh, sw), cin = strides, x.shape[-1]
   qh, qw = (-(-k // s) for k, s in zip(w.shape[:2], strides))
   # Padded length s*(m + q - 1): every window, no floor-mode leftover.
   lengths = [s * (m + q - 1) for s, m, q in zip(strides, g.shape[1:3],
                                                  (qh, qw))]
   crop = [(pl, length - n - pl) for n, (pl, _), length in zip(x.shape[1:3],
                                                               pads, lengths)]
-  x_pad = lax.pad(x, jnp.zeros((), x.dtype),
-                  [(0, 0, 0), *((lo, hi, 0) for lo, hi in crop), (0, 0, 0)])
-  n = x.shape[0]
-  x_folded = jnp.transpose(
-      x_pad.reshape(n, lengths[0] // sh, sh, lengths[1] // sw, sw, cin),
-      (0, 1, 3, 2, 4, 5)).reshape(n, lengths[0] // sh, lengths[1] // sw, -1)
-  kh, kw, _, cout = w.shape
-  w_pad = jnp.pad(w, ((0, qh * sh - kh), (0, qw * sw - kw), (0, 0), (0, 0)))
-  w_folded = jnp.transpose(w_pad.reshape(qh, sh, qw, sw, cin, cout),
-                           (0, 2, 1, 3, 4, 5)).reshape(qh, qw, -1, cout)
+  x_folded = _space_to_depth(
+      lax.pad(x, jnp.zeros((), x.dtype),
+              [(0, 0, 0), *((lo, hi, 0) for lo, hi in crop), (0, 0, 0)]),
+      strides)
+  kh, kw = w.shape[:2]
+  # The kernel folds like an image with its output channels as the batch.
+  w_pad = jnp.pad(w, ((0, qh * strides[0] - kh), (0, qw * strides[1] - kw),
+                      (0, 0), (0, 0)))
+  w_folded = jnp.transpose(
+      _space_to_depth(jnp.transpose(w_pad, (3, 0, 1, 2)), strides),
+      (1, 2, 3, 0))
   no_pads = ((0, 0), (0, 0))
   dx_folded = conv_input_grad(g, w_folded, x_folded.shape[1:3], (1, 1),
                               no_pads, 1, precision)
   dw_folded = weight_grads.conv_weight_grad(x_folded, g, (qh, qw), (1, 1),
                                             no_pads, precision)
-  dx_pad = jnp.transpose(
-      dx_folded.reshape(n, lengths[0] // sh, lengths[1] // sw, sh, sw, cin),
-      (0, 1, 3, 2, 4, 5)).reshape(n, *lengths, cin)
+  dx_pad = _depth_to_space(dx_folded, strides)
   dx = lax.pad(dx_pad, jnp.zeros((), dx_pad.dtype),
                [(0, 0, 0), *((-lo, -hi, 0) for lo, hi in crop), (0, 0, 0)])
-  dw = jnp.transpose(dw_folded.reshape(qh, qw, sh, sw, cin, cout),
-                     (0, 2, 1, 3, 4, 5)).reshape(qh * sh, qw * sw, cin, cout)
+  dw = jnp.transpose(
+      _depth_to_space(jnp.transpose(dw_folded, (3, 0, 1, 2)), strides),
+      (1, 2, 3, 0))
   return dx, dw[:kh, :kw]
 
+
+def _space_to_depth(a, strides):
+  """[N, H, W, C] -> [N, H/sh, W/sw, sh*sw*C], channels ordered (rh, rw, c)."""
+  (n, h, w, c), (sh, sw) = a.shape, strides
+  a = a.reshape(n, h // sh, sh, w // sw, sw, c)
+  return jnp.transpose(a, (0, 1, 3, 2, 4, 5)).reshape(n, h // sh, w // sw, -1)
+
+
+def _depth_to_space(a, strides):
+  """The inverse of `_space_to_depth`."""
+  (n, h, w, folded), (sh, sw) = a.shape, strides
+  a = a.reshape(n, h, w, sh, sw, folded // (sh * sw))
+  return jnp.transpose(a, (0, 1, 3, 2, 4, 5)).reshape(n, h * sh, w * sw, -1)
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 

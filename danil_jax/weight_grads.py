@@ -48,10 +48,7 @@ def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
                                      form[-1], precision)
   if form == 'products':
     return _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision)
-  conv_pads = []
-  for n, k, s, (pl, _), m in zip(x.shape[1:3], kernel_hw, strides, pads,
-                                 g.shape[1:3]):
-    conv_pads.append((pl, k + (m - 1) * s - n - pl))
+  conv_pads = _window_reach(x.shape, g.shape, kernel_hw, strides, pads)
   dw = lax.conv_general_dilated(
       materialised(jnp.transpose(x, (3, 1, 2, 0))),
       materialised(jnp.transpose(g, (1, 2, 0, 3))), (1, 1),
@@ -134,10 +131,7 @@ def _weight_grad_by_unfolding(x, g, kernel_hw, strides, pads, which,
   """
   (kh, kw), (m1, m2) = kernel_hw, g.shape[1:3]
   cin, cout = x.shape[-1], g.shape[-1]
-  # The windows reach (m-1)*s + k padded rows; floor-mode leftovers cropped.
-  x_pad = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [
-      (pl, (m - 1) * s + k - n - pl, 0) for n, k, s, (pl, _), m in zip(
-          x.shape[1:3], kernel_hw, strides, pads, (m1, m2))] + [(0, 0, 0)])
+  x_pad = _pad_to_window_reach(x, g.shape, kernel_hw, strides, pads)
   if which == 'x':
     cols = _side_by_side(
         list(window_slices(x_pad, kernel_hw, strides, (m1, m2))))
@@ -154,6 +148,20 @@ def _weight_grad_by_unfolding(x, g, kernel_hw, strides, pads, which,
   return jnp.transpose(dw.reshape(cin, kh, kw, cout), (1, 2, 0, 3))
 
 
+def _window_reach(x_shape, g_shape, kernel_hw, strides, pads):
+  """Per spatial axis, (low, high) padding of x to exactly the rows that the
+  windows read: (m-1)*s + k in all, so a negative high crops floor-mode
+  leftovers of the input, which no window reads."""
+  return [(pl, (m - 1) * s + k - n - pl) for n, k, s, (pl, _), m in zip(
+      x_shape[1:3], kernel_hw, strides, pads, g_shape[1:3])]
+
+
+def _pad_to_window_reach(x, g_shape, kernel_hw, strides, pads):
+  reach = _window_reach(x.shape, g_shape, kernel_hw, strides, pads)
+  return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [
+      (lo, hi, 0) for lo, hi in reach] + [(0, 0, 0)])
+
+
 def window_slices(x_padded, window, strides, out_hw):
   """The window's shifted, strided views of the padded input, row-major."""
   (kh, kw), (sh, sw), (oh, ow) = window, strides, out_hw
@@ -167,14 +175,7 @@ def window_slices(x_padded, window, strides, out_hw):
 
 def _weight_grad_as_products(x, g, kernel_hw, strides, pads, precision):
   """`conv_weight_grad` as kh*kw products [N*M*M, I]^T [N*M*M, O]."""
-  config = [(0, 0, 0)]
-  for n, k, s, (pl, _), m in zip(x.shape[1:3], kernel_hw, strides, pads,
-                                 g.shape[1:3]):
-    # Pad high only as far as the last window reaches (floor-mode leftovers
-    # of the input are never read).
-    config.append((pl, max(0, k + (m - 1) * s - n - pl), 0))
-  config.append((0, 0, 0))
-  x_padded = lax.pad(x, jnp.zeros((), x.dtype), config)
+  x_padded = _pad_to_window_reach(x, g.shape, kernel_hw, strides, pads)
   cin, cout = x.shape[-1], g.shape[-1]
   g_rows = g.reshape(-1, cout)
   products = []
