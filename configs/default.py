@@ -65,4 +65,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Multi-host: call jax.distributed.initialize() before anything else.
   config.distributed = False
+  # Where JAX cannot detect the cluster (SLURM, Open MPI, TPU pods and
+  # Kubernetes it can): process 0's 'host:port', the number of processes and
+  # this process's id. Empty / 0 / -1 leave them to auto-detection.
+  # data_build_timeout_s bounds how long the other hosts wait for process 0
+  # to build a missing data set.
+  config.distributed_init = ml_collections.ConfigDict(dict(
+      coordinator_address='', num_processes=0, process_id=-1,
+      data_build_timeout_s=6 * 3600))
   return config

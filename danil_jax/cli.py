@@ -12,22 +12,33 @@ from absl import logging
 
 
 def setup(config) -> None:
-  """Quiet logs unless --verbosity was given; join the hosts if configured."""
+  """Quiet logs unless --verbosity was given; join the hosts if configured.
+
+  `config.distributed_init` gives the coordinator address, number of
+  processes and process id where JAX cannot detect them (multihost.initialize).
+  """
   if not flags.FLAGS['verbosity'].present:
     # Orbax and TFDS log every file they touch at INFO; keep the console to
     # the progress bars and results unless --verbosity asks for more.
     logging.set_verbosity(logging.WARNING)
   if config.distributed:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    from danil_jax import multihost  # pylint: disable=g-import-not-at-top
+    multihost.initialize(config.distributed_init)
 
 
 @contextlib.contextmanager
 def data_errors_exit():
-  """Missing or bad data files end the command with their message alone."""
+  """Missing or bad data files end the command with their message alone.
+
+  In a multi-host run any error on one host ends every host, non-zero, with
+  that host's message (multihost.end_every_host).
+  """
   from data_prep import common  # pylint: disable=g-import-not-at-top
-  try:
-    yield
-  except (common.ManualFilesMissing, common.DataError) as e:
-    # The message says which files to fetch or fix; a traceback only hides it.
-    sys.exit(f'error: {e}')
+  from danil_jax import multihost  # pylint: disable=g-import-not-at-top
+  with multihost.end_every_host():
+    try:
+      yield
+    except (common.ManualFilesMissing, common.DataError) as e:
+      # The message says which files to fetch or fix; a traceback only hides
+      # it.
+      sys.exit(f'error: {e}')

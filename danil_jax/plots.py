@@ -10,7 +10,9 @@ next to the evaluation macro-F1 and accuracy.
 """
 
 import argparse
-import os
+import io
+
+from etils import epath
 
 from danil_jax import run_log
 
@@ -24,8 +26,11 @@ _TRAIN_PANELS = (
 )
 
 
-def plot_curves(records: list[dict], path: str, title: str = '') -> str:
-  """Draws the train and eval curves of `records` into `path` (a PNG)."""
+def plot_curves(records: list[dict], path, title: str = '') -> str:
+  """Draws the train and eval curves of `records` into `path` (a PNG).
+
+  `path` may be anything etils.epath handles, `gs://...` included.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')  # no display on servers and CI
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -58,9 +63,11 @@ def plot_curves(records: list[dict], path: str, title: str = '') -> str:
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=90)
   plt.close(fig)
-  return path
+  epath.Path(path).write_bytes(png.getvalue())
+  return str(path)
 
 
 def main(argv=None) -> None:
@@ -71,8 +78,8 @@ def main(argv=None) -> None:
   workdir = parser.parse_args(argv).workdir
   records = run_log.MetricsLog(workdir).read()
   if not records:
-    parser.error(f'no metrics in {os.path.join(workdir, "metrics.jsonl")}')
-  path = plot_curves(records, os.path.join(workdir, CURVES_FILE),
+    parser.error(f'no metrics in {epath.Path(workdir) / "metrics.jsonl"}')
+  path = plot_curves(records, epath.Path(workdir) / CURVES_FILE,
                      title=workdir)
   print(f'wrote {path}')
 

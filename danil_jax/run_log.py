@@ -2,40 +2,46 @@
 
 Lines carry the global `step` they describe. A resumed run first drops the
 lines written after its checkpoint, so the log reads like that of one
-uninterrupted run.
+uninterrupted run. The workdir may be any path etils.epath handles; object
+stores (`gs://...`) have no append, so there a write rewrites the file.
 """
 
 import json
 import os
 
+from etils import epath
+
 
 class MetricsLog:
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+  def __init__(self, workdir, *, enabled: bool = True):
+    self.path = epath.Path(workdir) / 'metrics.jsonl'
     self.enabled = enabled
 
   def truncate_after(self, step: int) -> None:
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not self.path.exists():
       return
-    with open(self.path) as f:
-      kept = [line for line in f
-              if line.strip() and json.loads(line).get('step', 0) <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    kept = [line + '\n' for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get('step', 0) <= step]
+    tmp = self.path.with_name(self.path.name + '.tmp')
+    tmp.write_text(''.join(kept))
+    tmp.replace(self.path)
 
   def write(self, record: dict) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    line = json.dumps(record) + '\n'
+    if '://' in os.fspath(self.path):  # an object store: no append
+      old = self.path.read_text() if self.path.exists() else ''
+      self.path.write_text(old + line)
+      return
+    with self.path.open('a') as f:
+      f.write(line)
       f.flush()
       os.fsync(f.fileno())
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
+    if not self.path.exists():
       return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in self.path.read_text().splitlines()
+            if line.strip()]

@@ -3,10 +3,12 @@
 The batch is sharded over the mesh axis 'data' and everything else is
 replicated. Computations are written for the *global* batch and `jax.jit`
 partitions them, so batch statistics (BatchNorm) and losses are over the global
-batch and a run gives the same numbers on 1 or N devices.
+batch and a run gives the same numbers on 1 or N devices, in one process or
+many (input_pipeline makes the global batch itself independent of the hosts).
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -45,4 +47,22 @@ def global_batch(local_batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """Every leaf replicated over `mesh`, built from this host's copy.
+
+  Each host must hold the same values (same seed, same files). Unlike
+  `jax.device_put`, no host compares its copy with the others': with many
+  hosts that check gathers every leaf from every host.
+  """
+  target = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+      return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = x.addressable_data(0)  # already on every device; a local copy
+    # jnp.asarray canonicalises dtypes (int64 -> int32) as device_put would.
+    host = np.asarray(x if isinstance(x, jax.Array) else jnp.asarray(x))
+    return jax.make_array_from_callback(host.shape, target,
+                                        lambda index: host[index])
+
+  return jax.tree.map(put, tree)

@@ -8,7 +8,6 @@ the latest checkpoint.
 
 import functools
 import json
-import os
 import time
 
 import jax
@@ -23,6 +22,7 @@ from danil_jax import checkpointing
 from danil_jax import input_pipeline
 from danil_jax import metrics as metrics_lib
 from danil_jax import models
+from danil_jax import multihost
 from danil_jax import plots
 from danil_jax import run_log
 from danil_jax import sharding
@@ -33,9 +33,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains per `config`, evaluating each epoch; returns the final report."""
   # ---------------------------------------------------------------- setup --
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  # Any path etils.epath handles: a local or shared disk, gs://...
+  workdir = checkpointing.absolute_path(workdir)
+  is_chief = multihost.is_chief()
+  workdir.mkdir(parents=True, exist_ok=True)
   if config.method not in steps.METHODS:
     raise ValueError(f'config.method must be one of {steps.METHODS}, got '
                      f'{config.method!r}')
@@ -46,16 +47,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     except ValueError as e:
       raise ValueError(f'config.input.{key}: {e}') from None
   if is_chief:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   logging.info('%d devices over %d processes: %s', jax.device_count(),
                jax.process_count(), jax.devices())
 
   # ----------------------------------------------------------------- data --
-  builder = data_prep.prepare(
-      config.dataset.name, data_dir=config.dataset.data_dir,
-      manual_dir=config.dataset.manual_dir or None,
-      config=config.dataset.builder_config or None)
+  # One build, many readers: process 0 builds a missing data set while the
+  # others wait; then they open it. Its failure ends every host at once.
+  with multihost.chief_first('dataset',
+                             config.distributed_init.data_build_timeout_s):
+    builder = data_prep.prepare(
+        config.dataset.name, data_dir=config.dataset.data_dir,
+        manual_dir=config.dataset.manual_dir or None,
+        config=config.dataset.builder_config or None, build=is_chief)
   class_names = list(builder.info.features['label'].names)
   if len(class_names) != config.dataset.num_classes:
     raise ValueError(
@@ -73,9 +77,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   total_steps = steps_per_epoch * config.num_epochs
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
-  train_iter = iter(input_pipeline.train_loader(
-      train_source, global_batch_size=global_batch_size, pre=pre,
-      seed=config.seed, num_workers=config.input.num_workers))
+  # The input position follows from the step: opened once the resumed step
+  # is known, below.
+  train_batches = functools.partial(
+      input_pipeline.train_loader, train_source,
+      global_batch_size=global_batch_size, pre=pre, seed=config.seed,
+      num_workers=config.input.num_workers)
 
   # ----------------------------------------------- model and optimiser --
   model = models.create(config.model.name, config.dataset.num_classes,
@@ -89,6 +96,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     variables = weights.merge_pretrained(
         variables, weights.load(config.model.name, config.model.pretrained),
         head=model_info.head)
+    # Each host loaded the same file: replicate without comparing copies.
+    variables = sharding.replicate(variables, mesh)
   tx = steps.make_optimizer(config.optim, steps_per_epoch, config.num_epochs)
   state = sharding.replicate(
       steps.create_train_state(model, variables, tx, state_rng), mesh)
@@ -130,7 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   manager = checkpointing.make_manager(workdir,
                                        max_to_keep=config.keep_checkpoints)
   restored = checkpointing.restore_latest(
-      manager, steps.state_to_checkpoint(state), train_iter)
+      manager, steps.state_to_checkpoint(state))
   if restored is not None:
     state = steps.state_from_checkpoint(state, restored)
   start_step = int(state.step)
@@ -140,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('resumed from the checkpoint at step %d', start_step)
     if is_chief:
       print(f'Resuming from step {start_step} in {workdir}', flush=True)
+  train_iter = iter(train_batches(start_step=start_step))
 
   # ---------------------------------------------------- train and evaluate --
   step, report = start_step, None
@@ -182,30 +192,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         log.write(dict(kind='train', step=step, epoch=step / steps_per_epoch,
                        **means))
       if step % config.checkpoint_every_steps == 0 and step < epoch_end:
-        checkpointing.save(manager, step, steps.state_to_checkpoint(state),
-                           train_iter)
+        checkpointing.save(manager, step, steps.state_to_checkpoint(state))
     bar.close()
     report = evaluate(state)
     log.write(dict(kind='eval', step=step, epoch=step / steps_per_epoch,
                    split=config.dataset.eval_split, **report))
     if is_chief:
-      plots.plot_curves(log.read(), os.path.join(workdir, plots.CURVES_FILE),
+      plots.plot_curves(log.read(), workdir / plots.CURVES_FILE,
                         title=f'{config.dataset.name} {config.model.name} '
                         f'{config.method}')
       print(f'epoch {step / steps_per_epoch:.2f} {config.dataset.eval_split}:'
             f" macro-F1 {report['macro_f1']:.4f} accuracy "
             f"{report['accuracy']:.4f} loss {report['loss']:.4f}", flush=True)
-    checkpointing.save(manager, step, steps.state_to_checkpoint(state),
-                       train_iter)
+    checkpointing.save(manager, step, steps.state_to_checkpoint(state))
   manager.wait_until_finished()
 
   # ---------------------------------------------------------------- report --
   if report is None:  # nothing left to train: the run had already finished
     report = evaluate(state)
   if is_chief:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(dict(step=step, split=config.dataset.eval_split, **report), f,
-                indent=2)
+    (workdir / 'final_metrics.json').write_text(json.dumps(
+        dict(step=step, split=config.dataset.eval_split, **report), indent=2))
     print(f'\nFinal {config.dataset.eval_split} metrics after {step} steps '
           f'({config.method}):\n'
           + metrics_lib.format_report(report, class_names), flush=True)

@@ -10,6 +10,9 @@ import importlib
 import os
 
 import tensorflow_datasets as tfds
+from etils import epath
+
+from data_prep import common
 
 # name -> 'module:ClassName'. Imported lazily: a builder module registers a
 # TFDS name on import and may pull in heavy dependencies.
@@ -32,8 +35,11 @@ def builder_class(name: str):
 
 
 def get_builder(name: str, *, data_dir: str, config: str | None = None):
-  """The builder of dataset `name` (and builder config) under `data_dir`."""
-  kwargs = dict(data_dir=os.path.expanduser(data_dir),
+  """The builder of dataset `name` (and builder config) under `data_dir`.
+
+  `data_dir` may be any path etils.epath handles (a shared disk, `gs://...`).
+  """
+  kwargs = dict(data_dir=os.fspath(epath.Path(data_dir).expanduser()),
                 file_format='array_record')
   if config:
     kwargs['config'] = config
@@ -41,14 +47,21 @@ def get_builder(name: str, *, data_dir: str, config: str | None = None):
 
 
 def prepare(name: str, *, data_dir: str, manual_dir: str | None = None,
-            config: str | None = None):
+            config: str | None = None, build: bool = True):
   """Returns the builder of `name`, building the dataset first if absent.
 
   Real datasets read the archives a user placed in `manual_dir`; TFDS writes
   into a temporary directory and renames it when complete, so a crash leaves
-  nothing that later reads as a finished dataset.
+  nothing that later reads as a finished dataset. With `build=False` (the
+  hosts other than the one that built it) a missing dataset is a DataError.
   """
   builder = get_builder(name, data_dir=data_dir, config=config)
+  if not builder.is_prepared() and not build:
+    raise common.DataError(
+        f'dataset {name!r} is not in data_dir {data_dir} as seen from this '
+        f'host ({builder.data_dir} not found), though the host that builds it '
+        'has finished: every host must see the same data_dir (a shared disk '
+        'or a bucket).')
   if not builder.is_prepared():
     manual_dir = os.path.expanduser(manual_dir) if manual_dir else None
     # Builders of manually downloaded data raise here, before TFDS creates

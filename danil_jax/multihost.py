@@ -1,0 +1,186 @@
+"""Joining the hosts of a multi-host run, and what they must agree on.
+
+One process per host, joined by `jax.distributed` (`initialize`). The hosts
+then meet at bounded barriers (`barrier`, `chief_first`), and an error on any
+one of them ends all of them within about a second: the failing host posts its
+message in the coordination service's key-value store (`end_every_host`) and
+every other host watches that store from a background thread and exits
+non-zero with the same message (`_watch_for_errors`), instead of waiting in a
+collective until gloo's or NCCL's timeout.
+
+Every function here is a no-op (or trivially true) in a one-process run.
+"""
+
+import atexit
+import contextlib
+import importlib.util
+import itertools
+import os
+import sys
+import threading
+import traceback
+
+import jax
+
+_ERRORS = 'danil_jax/errors/'
+# How long a failing host keeps the coordination service up after posting its
+# error, so the others read it before process 0 (which hosts it) goes away.
+_LINGER_S = 2.0
+_barrier_ids = itertools.count()
+_watcher = None
+
+
+def _cpu_platform() -> bool:
+  """True if JAX will run on CPU: asked for, or no accelerator plugin there."""
+  platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    return platforms.split(',')[0].strip().lower() == 'cpu'
+  accelerators = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                  'jax_rocm7_plugin', 'libtpu', 'jax_plugins')
+  return not any(importlib.util.find_spec(m) for m in accelerators)
+
+
+def initialize(settings) -> None:
+  """Joins the hosts: `jax.distributed.initialize` plus the error watcher.
+
+  Args:
+    settings: `config.distributed_init`. Empty or non-positive fields are left
+      to JAX's auto-detection (SLURM, Open MPI, TPU pods, Kubernetes); plain
+      machines give `coordinator_address` ('host:port' of process 0),
+      `num_processes` and `process_id`.
+  """
+  kwargs = {}
+  if settings.coordinator_address:
+    kwargs['coordinator_address'] = settings.coordinator_address
+  if settings.num_processes > 0:
+    kwargs['num_processes'] = settings.num_processes
+  if settings.process_id >= 0:
+    kwargs['process_id'] = settings.process_id
+  if _cpu_platform():
+    # Without CPU collectives a multi-process CPU job cannot run its first
+    # all-reduce; gloo needs nothing but the coordination service.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**kwargs)
+  _start_watcher()
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def is_chief() -> bool:
+  """Process 0 builds data and writes logs, plots and JSON files."""
+  return jax.process_index() == 0
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def barrier(name: str, timeout_s: float) -> None:
+  """Waits until every host gets here, for at most `timeout_s` seconds."""
+  if jax.process_count() == 1:
+    return
+  barrier_id = f'danil_jax/{name}/{next(_barrier_ids)}'
+  try:
+    _client().wait_at_barrier(barrier_id, int(timeout_s * 1000))
+  except jax.errors.JaxRuntimeError as e:
+    raise TimeoutError(
+        f'process {jax.process_index()} waited {timeout_s:.0f} s for every '
+        f'host at {name!r}; some host is stuck or gone: {e}') from None
+
+
+@contextlib.contextmanager
+def chief_first(name: str, timeout_s: float):
+  """Process 0 runs the block, then the others (after it, not alongside).
+
+  A failure on process 0 inside the block ends the others through the error
+  watcher, long before `timeout_s`.
+  """
+  if not is_chief():
+    barrier(name, timeout_s)
+  yield
+  if is_chief():
+    barrier(name, timeout_s)
+
+
+def post_error(message: str) -> None:
+  """Tells every other host that this one failed, with `message`."""
+  if jax.process_count() == 1:
+    return
+  try:
+    _client().key_value_set(f'{_ERRORS}{jax.process_index()}', message,
+                            allow_overwrite=True)
+  except Exception:  # pylint: disable=broad-except
+    pass  # the service is gone: the others learn it from their own client
+
+
+def _error_message(error: BaseException) -> str:
+  if isinstance(error, SystemExit) and isinstance(error.code, str):
+    return error.code.removeprefix('error: ')
+  return f'{type(error).__name__}: {error}'
+
+
+@contextlib.contextmanager
+def end_every_host():
+  """An exception in the block ends every host with its message, non-zero.
+
+  In a one-process run the exception simply propagates.
+  """
+  try:
+    yield
+  except BaseException as e:  # pylint: disable=broad-except
+    if _watcher is None or (isinstance(e, SystemExit)
+                            and e.code in (None, 0)):
+      raise  # one process, or a clean exit
+    message = (f'process {jax.process_index()} of {jax.process_count()} '
+               f'failed: {_error_message(e)}')
+    post_error(message)
+    if not isinstance(e, SystemExit):
+      traceback.print_exc()
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    _stop_watcher()
+    threading.Event().wait(_LINGER_S)
+    # Skip jax's exit handlers: their shutdown barrier would wait for the
+    # hosts that this error just ended.
+    os._exit(1)
+
+
+class _Watcher(threading.Thread):
+  """Ends this process when another host posts an error."""
+
+  def __init__(self, poll_s: float = 0.5):
+    super().__init__(name='danil_jax_error_watcher', daemon=True)
+    self.poll_s = poll_s
+    self.stop = threading.Event()
+
+  def run(self):
+    client, me = _client(), str(jax.process_index())
+    while not self.stop.wait(self.poll_s):
+      try:
+        posted = client.key_value_dir_get(_ERRORS)
+      except Exception:  # pylint: disable=broad-except
+        return  # shutting down
+      for key, message in posted:
+        if key.rsplit('/', 1)[-1] != me and not self.stop.is_set():
+          print(f'error: {message}', file=sys.stderr, flush=True)
+          os._exit(1)
+
+
+def _start_watcher() -> None:
+  global _watcher
+  if jax.process_count() == 1 or _watcher is not None:
+    return
+  _watcher = _Watcher()
+  _watcher.start()
+  # atexit runs last-registered first: this stops the watcher before jax's
+  # own handler shuts the distributed client down.
+  atexit.register(_stop_watcher)
+
+
+def _stop_watcher() -> None:
+  if _watcher is not None:
+    _watcher.stop.set()
+    if _watcher is not threading.current_thread():
+      _watcher.join(timeout=5)
