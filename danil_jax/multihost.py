@@ -141,7 +141,8 @@ def end_every_host():
       traceback.print_exc()
     print(f'error: {message}', file=sys.stderr, flush=True)
     _stop_watcher()
-    threading.Event().wait(_LINGER_S)
+    if is_chief():  # it hosts the coordination service
+      threading.Event().wait(_LINGER_S)
     # Skip jax's exit handlers: their shutdown barrier would wait for the
     # hosts that this error just ended.
     os._exit(1)

@@ -1,0 +1,177 @@
+"""Two processes joined by jax.distributed equal one process with two devices.
+
+Each job is `python -m danil_jax.main` in subprocesses on a loopback
+coordinator (gloo collectives, one CPU device per process): the command a
+user runs on every host, with the explicit join settings of plain machines.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import portpicker
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+# Bounds every wait: a hung job fails the test instead of stalling the suite.
+JOB_TIMEOUT_S = 600
+
+
+def command(workdir, data_dir, *overrides):
+  return [sys.executable, '-m', 'danil_jax.main', '--config=configs/demo.py',
+          f'--workdir={workdir}', f'--config.dataset.data_dir={data_dir}',
+          f'--config.max_steps={STEPS}', '--config.checkpoint_every_steps=4',
+          '--config.log_every_steps=100', '--config.input.global_batch_size=16',
+          *overrides]
+
+
+def start(argv, log_path, *, devices=1, process_id=None, num_processes=2,
+          port=None):
+  """One process of a job; with `process_id`, one of `num_processes`."""
+  if process_id is not None:
+    argv = argv + [
+        '--config.distributed=True',
+        f'--config.distributed_init.coordinator_address=localhost:{port}',
+        f'--config.distributed_init.num_processes={num_processes}',
+        f'--config.distributed_init.process_id={process_id}']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  # The job must pick gloo itself (multihost.initialize).
+  env.pop('JAX_CPU_COLLECTIVES_IMPLEMENTATION', None)
+  return subprocess.Popen(argv, cwd=REPO, env=env,
+                          stdout=open(log_path, 'w'), stderr=subprocess.STDOUT)
+
+
+def start_two(argv, tmp_path, name, argv_1=None):
+  port = portpicker.pick_unused_port()
+  return [start(argv if p == 0 or argv_1 is None else argv_1,
+                tmp_path / f'{name}_{p}.log', process_id=p, port=port)
+          for p in range(2)]
+
+
+def finish(processes, timeout=JOB_TIMEOUT_S):
+  codes = []
+  for process in processes:
+    try:
+      codes.append(process.wait(timeout=timeout))
+    except subprocess.TimeoutExpired:
+      for p in processes:
+        p.kill()
+      raise
+  return codes
+
+
+def read_log(path):
+  with open(path) as f:
+    return f.read()
+
+
+def checkpoint_steps(workdir):
+  directory = workdir / 'checkpoints'
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit()) if directory.exists() else []
+
+
+def final_state(workdir):
+  """The last checkpoint's arrays as numpy, read on this one device."""
+  path = workdir / 'checkpoints' / str(checkpoint_steps(workdir)[-1]) / 'state'
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path).item_metadata.tree
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        metadata)
+    state = checkpointer.restore(path, target)
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+          jax.tree_util.tree_leaves_with_path(
+              {'params': state['params'],
+               'batch_stats': state['batch_stats'], 'step': state['step']})}
+
+
+def assert_same_run(workdir, reference, *, rtol=1e-5, atol=1e-6,
+                    same_predictions=True):
+  got, want = final_state(workdir), final_state(reference)
+  assert got.keys() == want.keys() and len(want) > 20
+  assert int(got["['step']"]) == STEPS
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol,
+                               err_msg=name)
+  metrics = [json.load(open(w / 'final_metrics.json'))
+             for w in (workdir, reference)]
+  if same_predictions:
+    assert metrics[0]['confusion_matrix'] == metrics[1]['confusion_matrix']
+  np.testing.assert_allclose(metrics[0]['loss'], metrics[1]['loss'], rtol=rtol)
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  data_dir = tmp_path / 'data'  # fresh: process 0 builds, process 1 waits
+  work = tmp_path / 'two_processes'
+  # A first two-process job, killed once it has written a checkpoint.
+  first = start_two(command(work, data_dir, '--config.max_steps=400'),
+                    tmp_path, 'first')
+  deadline = time.time() + JOB_TIMEOUT_S
+  while (not checkpoint_steps(work) and time.time() < deadline
+         and all(p.poll() is None for p in first)):
+    time.sleep(0.2)
+  for p in first:
+    p.send_signal(signal.SIGKILL)
+  finish(first)
+  logs = [read_log(tmp_path / f'first_{p}.log') for p in range(2)]
+  assert checkpoint_steps(work), logs[0][-3000:] + logs[1][-3000:]
+  assert 'downloaded and prepared' in logs[0]
+  assert 'downloaded and prepared' not in logs[1]  # one build, two readers
+  resumed_step = checkpoint_steps(work)[-1]
+  assert resumed_step < STEPS
+  on_one = tmp_path / 'resumed_on_one_process'
+  shutil.copytree(work, on_one)
+
+  # The uninterrupted reference: one process, two devices.
+  reference = tmp_path / 'one_process'
+  ref = start(command(reference, data_dir), tmp_path / 'reference.log',
+              devices=2)
+  assert finish([ref]) == [0], read_log(tmp_path / 'reference.log')[-3000:]
+
+  # Rerunning both processes resumes and ends as the uninterrupted run.
+  again = start_two(command(work, data_dir), tmp_path, 'again')
+  assert finish(again) == [0, 0], read_log(tmp_path / 'again_0.log')[-3000:]
+  assert f'Resuming from step {resumed_step}' in read_log(
+      tmp_path / 'again_0.log')
+  assert_same_run(work, reference)
+
+  # The two-process checkpoint resumed by one process with one device.
+  single = start(command(on_one, data_dir), tmp_path / 'single.log')
+  assert finish([single]) == [0], read_log(tmp_path / 'single.log')[-3000:]
+  assert f'Resuming from step {resumed_step}' in read_log(
+      tmp_path / 'single.log')
+  # One device sums the batch in another order than two: close (2e-5 seen),
+  # not equal; other batches or a restart from step 0 would differ by 1e-2.
+  assert_same_run(on_one, reference, rtol=1e-3, atol=1e-4,
+                  same_predictions=False)
+
+
+def test_an_error_on_one_host_ends_both(tmp_path):
+  # Process 1 is given a data dir that lacks the data set process 0 builds,
+  # as when a user forgets the shared disk.
+  data_dir, elsewhere = tmp_path / 'data', tmp_path / 'not_shared'
+  elsewhere.mkdir()
+  processes = start_two(command(tmp_path / 'work', data_dir), tmp_path,
+                        'error', argv_1=command(tmp_path / 'work', elsewhere))
+  # Whichever ends first, the other follows within seconds: far sooner than
+  # the coordination service's heartbeat (100 s) or a collective's timeout.
+  deadline = time.time() + JOB_TIMEOUT_S
+  while all(p.poll() is None for p in processes) and time.time() < deadline:
+    time.sleep(0.2)
+  codes = finish(processes, timeout=30)
+  logs = [read_log(tmp_path / f'error_{p}.log') for p in range(2)]
+  assert codes[0] != 0 and codes[1] != 0, logs
+  message = 'process 1 of 2 failed: dataset \'danil_demo\' is not in data_dir'
+  for log in logs:
+    assert message in log, log[-3000:]
