@@ -175,3 +175,55 @@ def test_an_error_on_one_host_ends_both(tmp_path):
   message = 'process 1 of 2 failed: dataset \'danil_demo\' is not in data_dir'
   for log in logs:
     assert message in log, log[-3000:]
+
+
+REPLICATE = '''
+import sys
+import jax, jax.numpy as jnp, ml_collections, numpy as np
+from jax.experimental import multihost_utils
+from danil_jax import multihost, sharding
+multihost.initialize(ml_collections.ConfigDict(dict(
+    coordinator_address=sys.argv[1], num_processes=2,
+    process_id=int(sys.argv[2]))))
+mesh = sharding.make_mesh()
+assert mesh.size == 2 and jax.process_count() == 2
+
+def gather_check(*args, **kwargs):  # device_put's all-host comparison
+  raise AssertionError('compared the copies of every host')
+
+multihost_utils.assert_equal = gather_check
+tree = {'kernel': jnp.arange(6.0).reshape(2, 3), 'stats': np.ones(4),
+        'step': 0}
+out = sharding.replicate(tree, mesh)
+for leaf in jax.tree.leaves(out):
+  assert leaf.sharding.is_fully_replicated and not leaf.is_fully_addressable
+np.testing.assert_array_equal(out['kernel'].addressable_data(0),
+                              np.arange(6.0).reshape(2, 3))
+assert out['stats'].dtype == np.float32 and out['step'].dtype == np.int32
+try:  # the check replicate avoids is the one device_put makes
+  jax.device_put(tree['stats'], sharding.replicated(mesh))
+  sys.exit('device_put did not compare the hosts: the patch is stale')
+except AssertionError:
+  print('replicated without comparing hosts')
+'''
+
+
+def test_replicating_host_local_values_compares_no_hosts(tmp_path):
+  address = f'localhost:{portpicker.pick_unused_port()}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
+             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  processes = [subprocess.Popen(
+      [sys.executable, '-c', REPLICATE, address, str(p)], cwd=REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for p in range(2)]
+  outputs = []
+  for process in processes:
+    try:
+      outputs.append(process.communicate(timeout=120)[0])
+    except subprocess.TimeoutExpired:
+      for p in processes:
+        p.kill()
+      raise
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-3000:]
+    assert 'replicated without comparing hosts' in output
