@@ -14,10 +14,14 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import portpicker
 import pytest
+
+from configs import default
+from danil_jax import multihost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -227,3 +231,37 @@ def test_replicating_host_local_values_compares_no_hosts(tmp_path):
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-3000:]
     assert 'replicated without comparing hosts' in output
+
+
+@pytest.fixture
+def recorded_initialize(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize',
+                      lambda **kwargs: calls.append(kwargs))
+  # Read only when a backend starts: changing them here touches nothing live.
+  previous = {name: getattr(jax.config, name) for name in
+              ('jax_cpu_collectives_implementation', 'jax_platforms')}
+  jax.config.update('jax_cpu_collectives_implementation', None)
+  yield calls
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
+def test_explicit_settings_reach_jax_and_cpu_jobs_get_gloo(
+    recorded_initialize):
+  jax.config.update('jax_platforms', 'cpu')
+  settings = default.get_config().distributed_init
+  settings.update(coordinator_address='10.0.0.1:8476', num_processes=4,
+                  process_id=0)  # 0 is a setting too
+  multihost.initialize(settings)
+  assert recorded_initialize == [dict(coordinator_address='10.0.0.1:8476',
+                                      num_processes=4, process_id=0)]
+  assert jax.config.jax_cpu_collectives_implementation == 'gloo'
+
+
+def test_default_settings_leave_the_cluster_to_auto_detection(
+    recorded_initialize):
+  jax.config.update('jax_platforms', 'cuda,cpu')
+  multihost.initialize(default.get_config().distributed_init)
+  assert recorded_initialize == [{}]
+  assert jax.config.jax_cpu_collectives_implementation is None
