@@ -265,3 +265,13 @@ def test_default_settings_leave_the_cluster_to_auto_detection(
   multihost.initialize(default.get_config().distributed_init)
   assert recorded_initialize == [{}]
   assert jax.config.jax_cpu_collectives_implementation is None
+
+
+def test_bucket_workdirs_are_not_taken_for_local_paths(tmp_path, monkeypatch):
+  # Pods have no shared disk: os.path.abspath made 'gs://b/run' '$PWD/gs:/b/run'.
+  from danil_jax import checkpointing, run_log  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  assert os.fspath(checkpointing.absolute_path('gs://b/run')) == 'gs://b/run'
+  assert os.fspath(run_log.MetricsLog('gs://b/run').path) == (
+      'gs://b/run/metrics.jsonl')
+  assert os.fspath(checkpointing.absolute_path('run')) == str(tmp_path / 'run')
