@@ -64,10 +64,6 @@ def initialize(settings) -> None:
   _start_watcher()
 
 
-def process_count() -> int:
-  return jax.process_count()
-
-
 def is_chief() -> bool:
   """Process 0 builds data and writes logs, plots and JSON files."""
   return jax.process_index() == 0
