@@ -383,7 +383,9 @@ def main(argv):
         pretrained_root) else []
     problems += missing_data(todo)
     if problems:
-      sys.exit('error: nothing was trained; missing:\n  '
+      sys.exit('error: nothing was trained; missing (--pretrained_root=DIR '
+               'holds DIR/<backbone>; --manual_root=DIR holds DIR/<dataset>, '
+               'or --dataset_config=NAME:dataset.manual_dir=PATH):\n  '
                + '\n  '.join(problems))
     if not pretrained_root:
       print('warning: training from scratch (--pretrained_root=\'\'), not '
