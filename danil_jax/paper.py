@@ -191,6 +191,10 @@ def plan(workdir: str, *, datasets, backbones, methods, seeds,
       base.dataset.manual_dir = os.path.join(manual_root, dataset)
     apply_overrides(base, (dataset_overrides or {}).get(dataset, {}),
                     f'--dataset_config for {dataset}')
+    for key in ('data_dir', 'manual_dir'):  # jobs run from another folder
+      path = base.dataset[key]
+      if path and not path.startswith('~'):
+        base.dataset[key] = os.path.abspath(path)
     for backbone in backbones:
       for method in methods:
         for seed in seeds:
