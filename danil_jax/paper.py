@@ -312,7 +312,8 @@ def headline_metrics(runs: list[Run], extra=()) -> list[str]:
   names = list(extra)
   for run in runs:
     for key, value in flatten(run.config.to_dict()).items():
-      if 'headline' in key.rsplit('.', 1)[-1]:
+      if 'headline' in key.rsplit('.', 1)[-1] and isinstance(
+          value, (str, list, tuple)):
         for name in [value] if isinstance(value, str) else value:
           if name and name not in names and name not in ('macro_f1',
                                                           'accuracy'):

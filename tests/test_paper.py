@@ -320,3 +320,23 @@ def test_bad_overrides_name_the_key(tmp_path):
   config = runs[0].config
   assert (config.max_steps, config.dataset.builder_config,
           config.input.augment) == (3, 'x', False)
+
+
+def test_headline_metrics_from_a_config_key_and_labelled_final_metrics(
+    tmp_path):
+  from danil_jax import paper
+  runs = paper.plan(str(tmp_path), datasets=['crc_msi'],
+                    backbones=['small_resnet'], methods=['base'], seeds=[0],
+                    pretrained_root='', config_overrides={})
+  run = runs[0]
+  run.config.unlock()
+  run.config.eval = dict(headline_metrics=('patient_auroc', 'macro_f1'),
+                         headline_flag=True)
+  assert paper.headline_metrics(runs, ['kappa']) == ['kappa', 'patient_auroc']
+  os.makedirs(run.workdir)
+  with open(os.path.join(run.workdir, 'final_metrics.json'), 'w') as f:
+    json.dump(dict(best=dict(macro_f1=0.9), last=dict(
+        macro_f1=0.5, accuracy=0.75, patient_auroc=0.625, per_class_f1={})),
+              f)
+  assert paper.final_metrics(run) == dict(macro_f1=0.5, accuracy=0.75,
+                                          patient_auroc=0.625)
