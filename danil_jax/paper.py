@@ -23,6 +23,7 @@ i); `--collect` only reads finished runs. Every mode ends by writing
 WORKDIR/paper_tables.{md,json} and printing the tables.
 """
 
+import ast
 import importlib
 import json
 import os
@@ -111,8 +112,12 @@ def parse_value(text: str, current, key: str):
       return text.lower() in ('true', '1')
     if isinstance(current, (int, float)):
       return type(current)(text)
+    if isinstance(current, (tuple, list)):
+      value = ast.literal_eval(text)
+      return type(current)(value if isinstance(value, (tuple, list))
+                           else (value,))
     return text
-  except ValueError:
+  except (ValueError, SyntaxError):
     raise ValueError(f'{key}={text!r}: expected a {type(current).__name__}'
                      ) from None
 

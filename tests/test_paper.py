@@ -1,6 +1,7 @@
 """The paper's Tables 1-4: its numbers, the rendering, and the grid command
 end to end on the dummy data of all three data sets."""
 
+import importlib
 import json
 import os
 import re
@@ -182,7 +183,7 @@ def dummy(tmp_path_factory):
   manual, data = root / 'manual', root / 'data'
   for name in DATASETS:
     shutil.copytree(testing.dummy_dir(name), manual / name)
-    config = __import__(f'configs.{name}', fromlist=['x']).get_config()
+    config = importlib.import_module(f'configs.{name}').get_config()
     data_prep.prepare(name, data_dir=str(data), manual_dir=str(manual / name),
                       config=config.dataset.builder_config)
   data_flags = [f'--data_dir={data}', f'--manual_root={manual}']
