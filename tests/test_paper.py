@@ -217,6 +217,12 @@ def test_grid_fills_every_run_cell_of_the_four_tables(grid):
     finals = [json.load(open(work / key[1] / 'small_resnet' /
                              f'{key[2]}_seed{s}' / 'final_metrics.json'))
               for s in SEEDS]
+    for seed in SEEDS:  # each run trained what its folder says
+      config = json.load(open(work / key[1] / 'small_resnet' /
+                              f'{key[2]}_seed{seed}' / 'config.json'))
+      assert (config['dataset']['name'], config['model']['name'],
+              config['method'], config['seed']) == (key[1], 'small_resnet',
+                                                    key[2], seed)
     metric = 'macro_f1' if key[0] in (1, 3) else 'accuracy'
     values = [f[metric] for f in finals]
     assert cell['values'] == values
