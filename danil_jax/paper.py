@@ -1,0 +1,425 @@
+r"""The paper's Tables 1-4: data set x backbone x method x seed, one command.
+
+  python -m danil_jax.paper --workdir=runs/paper --seeds=0,1,2 \
+      --pretrained_root=pretrained [--datasets=ham10000,aptos2019,crc_msi] \
+      [--backbones=resnet50,vgg11,inception_v4,efficientnet_b0] \
+      [--methods=base,ohem,danil] [--data_dir=DIR] [--manual_root=DIR] \
+      [--dataset_config=ham10000:dataset.builder_config=random] \
+      [--config.x=y ...] [--emit_jobs=FILE | --collect]
+
+Each run starts from `configs/<dataset>.py` (the paper's settings), then the
+`--config.x=y` overrides (for every data set), `--data_dir`, `--manual_root`
+(DIR/<dataset>) and `--dataset_config=NAME:key=value` (one data set), and
+finally the grid's model, ImageNet weights (PRETRAINED_ROOT/<backbone>, as
+written by `danil_jax.convert`; `--pretrained_root=''` trains from scratch),
+method and seed. Runs live in WORKDIR/<dataset>/<backbone>/<method>_seed<s>:
+a finished one (final_metrics.json) is read, not retrained, provided its
+config.json agrees with the grid's; an unfinished one resumes. Missing
+weights or archives are named before anything trains.
+
+`--emit_jobs=FILE` writes one self-contained `python -m danil_jax.main`
+command per unfinished run instead (a SLURM array or pod scheduler runs line
+i); `--collect` only reads finished runs. Every mode ends by writing
+WORKDIR/paper_tables.{md,json} and printing the tables.
+"""
+
+import ast
+import importlib
+import json
+import os
+import shlex
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from configs import default
+from danil_jax import paper_numbers as pn
+from danil_jax import paper_tables
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed).')
+_DATASETS = flags.DEFINE_list('datasets', list(pn.DATASETS),
+                              'Data sets: configs/<name>.py.')
+_BACKBONES = flags.DEFINE_list('backbones', list(pn.BACKBONES),
+                               'Backbones (config.model.name).')
+_METHODS = flags.DEFINE_list('methods', list(pn.RUN_METHODS),
+                             'Methods (config.method); base is the reference.')
+_PRETRAINED_ROOT = flags.DEFINE_string(
+    'pretrained_root', None, "One folder per backbone from danil_jax.convert; "
+    "'' trains from scratch (not the paper's setting).")
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                'dataset.data_dir of every data set.')
+_MANUAL_ROOT = flags.DEFINE_string(
+    'manual_root', None, 'dataset.manual_dir of each data set is '
+    'MANUAL_ROOT/<dataset>.')
+_DATASET_CONFIG = flags.DEFINE_multi_string(
+    'dataset_config', [], 'NAME:key=value, an override for one data set '
+    '(e.g. ham10000:dataset.builder_config=random).')
+_HEADLINE = flags.DEFINE_list(
+    'headline_metrics', [], 'Extra final_metrics.json keys to tabulate, '
+    "besides those a config names under a '*headline*' key.")
+_EMIT_JOBS = flags.DEFINE_string('emit_jobs', None,
+                                 'Write one command per unfinished run here.')
+_COLLECT = flags.DEFINE_bool('collect', False,
+                             'Only read finished runs and render the tables.')
+config_flags.DEFINE_config_dict('config', default.get_config(),
+                                'Overrides for every run (keys of '
+                                'configs/default.py).', lock_config=True)
+
+# Keys the grid sets, and keys that only make sense per data set.
+GRID_KEYS = ('method', 'seed', 'model.name', 'model.pretrained',
+             'dataset.name')
+PER_DATASET_KEYS = ('dataset.num_classes', 'dataset.manual_dir',
+                    'dataset.builder_config')
+# Keys that may differ between a finished run and the grid without changing
+# its result.
+INCIDENTAL_KEYS = ('dataset.data_dir', 'dataset.manual_dir',
+                   'input.num_workers', 'log_every_steps',
+                   'checkpoint_every_steps', 'keep_checkpoints', 'distributed')
+FINAL_METRICS = 'final_metrics.json'
+TABLES_FILE = 'paper_tables'
+# Run the emitted jobs from the directory holding the danil_jax package, so
+# they import this checkout's code and configs.
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flatten(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def dataset_config(name: str):
+  try:
+    return importlib.import_module(f'configs.{name}').get_config()
+  except ModuleNotFoundError:
+    raise ValueError(f'no configs/{name}.py for data set {name!r}') from None
+
+
+def parse_value(text: str, current, key: str):
+  """A command-line string as the type of the config field it replaces."""
+  try:
+    if isinstance(current, bool):
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(text)
+      return text.lower() in ('true', '1')
+    if isinstance(current, (int, float)):
+      return type(current)(text)
+    if isinstance(current, (tuple, list)):
+      value = ast.literal_eval(text)
+      return type(current)(value if isinstance(value, (tuple, list))
+                           else (value,))
+    return text
+  except (ValueError, SyntaxError):
+    raise ValueError(f'{key}={text!r}: expected a {type(current).__name__}'
+                     ) from None
+
+
+def apply_overrides(config, overrides: dict, where: str) -> None:
+  """Sets dotted `key: value` pairs; a key `config` lacks is an error."""
+  for key, value in overrides.items():
+    node, *path = [config] + key.split('.')
+    for part in path[:-1]:
+      node = node.get(part) if hasattr(node, 'get') else None
+    if not hasattr(node, 'get') or path[-1] not in node:
+      raise ValueError(f'{where}: no config key {key!r}')
+    if isinstance(value, str) and not isinstance(node[path[-1]], str):
+      value = parse_value(value, node[path[-1]], key)
+    node[path[-1]] = value
+
+
+def parse_dataset_overrides(items, datasets) -> dict[str, dict]:
+  """['ham10000:a.b=1', ...] -> {'ham10000': {'a.b': '1'}}."""
+  out = {name: {} for name in datasets}
+  for item in items:
+    name, sep, assignment = item.partition(':')
+    key, eq, value = assignment.partition('=')
+    if not sep or not eq:
+      raise ValueError(f'--dataset_config={item!r}: expected NAME:key=value')
+    if name not in out:
+      raise ValueError(f'--dataset_config={item!r}: {name!r} is not in '
+                       f'--datasets={",".join(datasets)}')
+    if key in GRID_KEYS:
+      raise ValueError(f'--dataset_config={item!r}: {key} is set by the grid')
+    out[name][key] = value
+  return out
+
+
+class Run:
+  """One cell of the grid: where it lives and its full config."""
+
+  def __init__(self, dataset, backbone, method, seed, workdir, config):
+    self.dataset, self.backbone, self.method = dataset, backbone, method
+    self.seed, self.config = seed, config
+    # As danil_jax.compare names its runs (that module defines flags, so
+    # cannot be imported by another command).
+    self.workdir = os.path.join(workdir, dataset, backbone,
+                                f'{method}_seed{seed}')
+
+  @property
+  def key(self):
+    return (self.dataset, self.backbone, self.method)
+
+  def finished(self) -> bool:
+    return os.path.isfile(os.path.join(self.workdir, FINAL_METRICS))
+
+
+def plan(workdir: str, *, datasets, backbones, methods, seeds,
+         pretrained_root: str, config_overrides: dict,
+         data_dir: str | None = None, manual_root: str | None = None,
+         dataset_overrides: dict | None = None) -> list[Run]:
+  """The grid's runs; every override is checked against every config."""
+  for key in config_overrides:
+    if key in GRID_KEYS or key in PER_DATASET_KEYS:
+      raise ValueError(
+          f'--config.{key} is set per run: use --datasets/--backbones/'
+          '--methods/--seeds/--pretrained_root, --manual_root or '
+          '--dataset_config=NAME:key=value')
+  unknown = [m for m in methods if m not in pn.RUN_METHODS]
+  if unknown:
+    raise ValueError(f'--methods: {unknown} not in {list(pn.RUN_METHODS)}')
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  runs = []
+  for dataset in datasets:
+    base = dataset_config(dataset)
+    apply_overrides(base, config_overrides, f'configs/{dataset}.py')
+    if data_dir:
+      base.dataset.data_dir = data_dir
+    if manual_root:
+      base.dataset.manual_dir = os.path.join(manual_root, dataset)
+    apply_overrides(base, (dataset_overrides or {}).get(dataset, {}),
+                    f'--dataset_config for {dataset}')
+    for key in ('data_dir', 'manual_dir'):  # jobs run from another folder
+      path = base.dataset[key]
+      if path and not path.startswith('~'):
+        base.dataset[key] = os.path.abspath(path)
+    for backbone in backbones:
+      for method in methods:
+        for seed in seeds:
+          config = base.copy_and_resolve_references()
+          config.model.name = backbone
+          config.model.pretrained = (os.path.join(pretrained_root, backbone)
+                                     if pretrained_root else '')
+          config.method, config.seed = method, seed
+          config.lock()
+          runs.append(Run(dataset, backbone, method, seed, workdir, config))
+  return runs
+
+
+def missing_pretrained(pretrained_root: str, backbones) -> list[str]:
+  """One line per backbone without converted weights under the root."""
+  from danil_jax import weights  # pylint: disable=g-import-not-at-top
+  problems = []
+  for backbone in backbones:
+    path = os.path.join(pretrained_root, backbone)
+    try:
+      meta = weights.read_metadata(path)
+    except weights.ConversionError:
+      problems.append(
+          f'{backbone}: no converted weights in {path} (python -m '
+          f'danil_jax.convert --arch={backbone} --checkpoint=... '
+          f'--out={path})')
+      continue
+    if meta.get('arch') != backbone:
+      problems.append(f'{backbone}: {path} holds {meta.get("arch")} weights')
+    elif not os.path.isfile(os.path.join(path, weights.VARIABLES_FILE)):
+      problems.append(f'{backbone}: {path} lacks {weights.VARIABLES_FILE}')
+  return problems
+
+
+def missing_data(runs: list[Run]) -> list[str]:
+  """The archives each unbuilt data set still needs, one message each."""
+  import data_prep  # pylint: disable=g-import-not-at-top
+  from data_prep import common  # pylint: disable=g-import-not-at-top
+  problems, seen = [], set()
+  for run in runs:
+    d = run.config.dataset
+    key = (d.name, d.data_dir, d.builder_config, d.manual_dir)
+    if key in seen or run.finished():
+      continue
+    seen.add(key)
+    builder = data_prep.get_builder(d.name, data_dir=d.data_dir,
+                                    config=d.builder_config or None)
+    check = getattr(builder, 'check_manual_dir', None)
+    if not builder.is_prepared() and check is not None:
+      try:
+        check(os.path.expanduser(d.manual_dir) if d.manual_dir else None)
+      except common.ManualFilesMissing as e:
+        problems.append(f'{d.name}: {e}')
+  return problems
+
+
+def config_mismatches(run: Run) -> list[str]:
+  """Keys where a finished run's config.json differs from the grid's."""
+  path = os.path.join(run.workdir, 'config.json')
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    stored = flatten(json.load(f))
+  wanted = flatten(json.loads(run.config.to_json_best_effort()))
+  return [f'{k}: run has {stored[k]!r}, grid asks {wanted[k]!r}'
+          for k in sorted(set(stored) & set(wanted))
+          if k not in INCIDENTAL_KEYS and stored[k] != wanted[k]]
+
+
+def check_finished(runs: list[Run]) -> None:
+  problems = []
+  for run in runs:
+    if run.finished():
+      problems += [f'{run.workdir}: {m}' for m in config_mismatches(run)]
+  if problems:
+    raise ValueError('finished runs were trained with another config (move '
+                     'them away or pass the same overrides):\n  '
+                     + '\n  '.join(problems))
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return repr(tuple(value))
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def job_command(run: Run) -> str:
+  """A shell line that trains `run` exactly as the runner would."""
+  config_file = importlib.import_module(f'configs.{run.dataset}').__file__
+  reference = flatten(dataset_config(run.dataset).to_dict())
+  args = ['python', '-m', 'danil_jax.main', f'--config={config_file}',
+          f'--workdir={run.workdir}']
+  for key, value in flatten(run.config.to_dict()).items():
+    if key not in reference:
+      raise ValueError(f'{key} is not in configs/{run.dataset}.py')
+    if (key in GRID_KEYS or value != reference[key]
+        or type(value) is not type(reference[key])):
+      args.append(f'--config.{key}={_flag_value(value)}')
+  return (f'cd {shlex.quote(CODE_ROOT)} && '
+          + ' '.join(shlex.quote(a) for a in args))
+
+
+def final_metrics(run: Run) -> dict[str, float]:
+  """A finished run's scalar test metrics (the last model's, if labelled)."""
+  with open(os.path.join(run.workdir, FINAL_METRICS)) as f:
+    final = json.load(f)
+  if 'macro_f1' not in final and isinstance(final.get('last'), dict):
+    final = final['last']
+  return {k: float(v) for k, v in final.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def headline_metrics(runs: list[Run], extra=()) -> list[str]:
+  """Metrics named by --headline_metrics or a config's '*headline*' key."""
+  names = list(extra)
+  for run in runs:
+    for key, value in flatten(run.config.to_dict()).items():
+      if 'headline' in key.rsplit('.', 1)[-1] and isinstance(
+          value, (str, list, tuple)):
+        for name in [value] if isinstance(value, str) else value:
+          if name and name not in names and name not in ('macro_f1',
+                                                          'accuracy'):
+            names.append(name)
+  return names
+
+
+def collect(runs: list[Run], seeds, *, extra_metrics=()) -> dict:
+  results = {}
+  for run in runs:
+    if run.finished():
+      results.setdefault(run.key, {})[run.seed] = final_metrics(run)
+  datasets = list(dict.fromkeys(r.dataset for r in runs))
+  backbones = list(dict.fromkeys(r.backbone for r in runs))
+  methods = list(dict.fromkeys(r.method for r in runs))
+  return paper_tables.build(
+      results, datasets=datasets, backbones=backbones, methods=methods,
+      seeds=seeds, headline_metrics=headline_metrics(runs, extra_metrics))
+
+
+def _is_chief() -> bool:
+  if 'jax' not in sys.modules:
+    return True
+  return sys.modules['jax'].process_index() == 0
+
+
+def write_tables(workdir: str, tables: dict) -> str:
+  text = paper_tables.to_markdown(tables)
+  if _is_chief():
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, TABLES_FILE + '.md'), 'w') as f:
+      f.write(text + '\n')
+    with open(os.path.join(workdir, TABLES_FILE + '.json'), 'w') as f:
+      json.dump(tables, f, indent=2)
+    print(text, flush=True)
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _WORKDIR.value is None:
+    raise app.UsageError('--workdir is required')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # as danil_jax.cli.setup does
+  if _PRETRAINED_ROOT.value is None and not _COLLECT.value:
+    raise app.UsageError(
+        "--pretrained_root is required: the folder with one converted "
+        "backbone per subfolder, or '' to train from scratch")
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    raise app.UsageError(f'--seeds must be integers, got {_SEEDS.value}'
+                         ) from None
+  pretrained_root = os.path.expanduser(_PRETRAINED_ROOT.value or '')
+  try:
+    runs = plan(
+        _WORKDIR.value, datasets=_DATASETS.value, backbones=_BACKBONES.value,
+        methods=_METHODS.value, seeds=seeds, pretrained_root=pretrained_root,
+        config_overrides=config_flags.get_override_values(
+            flags.FLAGS['config']),
+        data_dir=_DATA_DIR.value, manual_root=_MANUAL_ROOT.value,
+        dataset_overrides=parse_dataset_overrides(_DATASET_CONFIG.value,
+                                                  _DATASETS.value))
+    check_finished(runs)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  todo = [r for r in runs if not r.finished()]
+  if not _COLLECT.value and todo:
+    problems = missing_pretrained(pretrained_root, _BACKBONES.value) if (
+        pretrained_root) else []
+    problems += missing_data(todo)
+    if problems:
+      sys.exit('error: nothing was trained; missing (--pretrained_root=DIR '
+               'holds DIR/<backbone>; --manual_root=DIR holds DIR/<dataset>, '
+               'or --dataset_config=NAME:dataset.manual_dir=PATH):\n  '
+               + '\n  '.join(problems))
+    if not pretrained_root:
+      print('warning: training from scratch (--pretrained_root=\'\'), not '
+            "the paper's ImageNet initialisation", file=sys.stderr)
+  if _EMIT_JOBS.value:
+    with open(_EMIT_JOBS.value, 'w') as f:
+      for run in todo:
+        f.write(job_command(run) + '\n')
+    print(f'{len(todo)} jobs ({len(runs) - len(todo)} runs already finished) '
+          f'in {_EMIT_JOBS.value}; then: python -m danil_jax.paper --collect '
+          'with the same flags', flush=True)
+    return
+  if not _COLLECT.value:
+    from danil_jax import cli  # pylint: disable=g-import-not-at-top
+    cli.setup(runs[0].config)  # before anything touches the JAX backend
+    from danil_jax import train  # pylint: disable=g-import-not-at-top
+    for i, run in enumerate(todo):
+      if _is_chief():
+        print(f'--- run {i + 1}/{len(todo)}: {run.dataset} {run.backbone} '
+              f'{run.method} seed {run.seed}', flush=True)
+      with cli.data_errors_exit():
+        train.train_and_evaluate(run.config, run.workdir)
+  write_tables(workdir, collect(runs, seeds, extra_metrics=_HEADLINE.value))
+
+
+if __name__ == '__main__':
+  app.run(main)
