@@ -18,4 +18,7 @@ def get_config():
   config.dataset.builder_config = 'short512'
   config.dataset.manual_dir = '~/danil_data/aptos2019'
   config.dataset.num_classes = 5
+  # The competition metric: quadratic weighted kappa over grades 0-4.
+  config.eval.quadratic_kappa = True
+  config.eval.headline = ('quadratic_kappa', 'macro_f1', 'accuracy')
   return config

@@ -18,4 +18,6 @@ def get_config():
   config.dataset.builder_config = 'lesion'
   config.dataset.manual_dir = '~/danil_data/ham10000'
   config.dataset.num_classes = 7
+  # ISIC 2018 Task 3 ranks by balanced multiclass accuracy.
+  config.eval.headline = ('balanced_accuracy', 'macro_f1', 'macro_auroc')
   return config

@@ -1,0 +1,61 @@
+"""PNG figures of an evaluation: the confusion matrix and the ROC curves."""
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # no display on servers and CI
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
+  """Counts, with each row's share (recall) as the colour."""
+  plt = _pyplot()
+  matrix = np.asarray(matrix)
+  rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+  size = 1.6 + 0.7 * len(class_names)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(rows, cmap='Blues', vmin=0, vmax=1)
+  for i in range(matrix.shape[0]):
+    for j in range(matrix.shape[1]):
+      ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+              color='white' if rows[i, j] > 0.5 else 'black')
+  ax.set_xticks(range(len(class_names)), class_names, rotation=45,
+                ha='right', fontsize=8)
+  ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  fig.colorbar(image, ax=ax, label='share of the true class')
+  ax.set_title(title or 'confusion matrix', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
+
+
+def roc_curves(labels, probabilities, class_names, path: str,
+               title: str = '') -> str:
+  """One-vs-rest ROC curve of every class that has positives and negatives."""
+  plt = _pyplot()
+  labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for k, name in enumerate(class_names):
+    positive = labels == k
+    if positive.all() or not positive.any():
+      continue
+    fpr, tpr, _ = skm.roc_curve(positive, probabilities[:, k])
+    ax.plot(fpr, tpr, lw=1,
+            label=f'{name} (AUC {skm.auc(fpr, tpr):.3f})')
+  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  ax.set_xlabel('false positive rate')
+  ax.set_ylabel('true positive rate')
+  ax.set_title(title or 'ROC, one vs rest', fontsize=9)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
