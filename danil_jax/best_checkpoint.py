@@ -66,7 +66,7 @@ def restore_state(directory: str, step: int, state_tree):
   """The train-state item of checkpoint `step` in `directory` (either
   manager's), restored with the structure and shardings of `state_tree`."""
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
       item_handlers=dict(state=ocp.StandardCheckpointHandler()))
   try:
     if step not in manager.all_steps():

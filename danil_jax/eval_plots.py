@@ -59,3 +59,37 @@ def roc_curves(labels, probabilities, class_names, path: str,
   fig.savefig(path, dpi=90)
   plt.close(fig)
   return path
+
+
+def response_maps(maps: dict, class_names, pre, path: str, title: str = '') -> str:
+  """The paper's Fig. 3: image, |A+|, |A-| per row (same colour scale)."""
+  plt = _pyplot()
+  num = len(maps['indices'])
+  fig, axes = plt.subplots(num, 3, figsize=(7.5, 2.6 * num), squeeze=False)
+  shown = np.clip(maps['images'] * np.asarray(pre.std) + np.asarray(pre.mean),
+                  0, 1)
+  for row in range(num):
+    a_plus = np.sqrt(np.sum(maps['a_plus'][row] ** 2, -1))
+    a_minus = np.sqrt(np.sum(maps['a_minus'][row] ** 2, -1))
+    vmax = max(a_plus.max(), a_minus.max(), 1e-12)  # one scale per row
+    label = class_names[maps['labels'][row]]
+    prediction = class_names[maps['prediction'][row]]
+    y_minus = class_names[maps['y_minus'][row]]
+    panels = ((shown[row], f'#{maps["indices"][row]} label {label}\n'
+               f'predicted {prediction}', None),
+              (a_plus, f'|A+| (y+ = {label})', 'inferno'),
+              (a_minus, f'|A-| (y- = {y_minus})', 'inferno'))
+    for ax, (image, caption, cmap) in zip(axes[row], panels):
+      ax.imshow(image, cmap=cmap, vmin=0 if cmap else None,
+                vmax=vmax if cmap else None)
+      ax.set_title(caption, fontsize=8)
+      ax.axis('off')
+    axes[row, 2].text(
+        0.5, -0.08, f"||A+ - A-||^2 = {maps['distance'][row]:.3g}",
+        transform=axes[row, 2].transAxes, ha='center', va='top', fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return path
