@@ -105,7 +105,7 @@ def patient_scores(patients, labels, tile_scores, *, min_tiles: int):
   np.maximum.at(high, inverse, labels)
   patient_labels, mixed = low, np.flatnonzero(low != high)
   if len(mixed):
-    raise ValueError(f'patient {ids[mixed[0]]!r} has tiles with different '
+    raise ValueError(f'patient {str(ids[mixed[0]])!r} has tiles with different '
                      'labels; expected one label per patient')
   keep = counts >= min_tiles
   return (ids[keep], patient_labels[keep], sums[keep] / counts[keep],
