@@ -5,6 +5,10 @@ instructions); the dataset is built on first use, or beforehand with
   python -m data_prep.build aptos2019 --manual_dir=~/danil_data/aptos2019
 
 python -m danil_jax.main --config=configs/aptos2019.py --workdir=/tmp/aptos2019
+
+The paper's protocol by default: train on train + validation, report the last
+epoch on test. --config.dataset.train_split=train instead selects the best
+epoch on validation and reports test with the best and the last model.
 """
 
 from configs import default

@@ -5,6 +5,10 @@ list); the dataset is built on first use, or beforehand with
   python -m data_prep.build crc_msi --manual_dir=~/danil_data/crc_msi
 
 python -m danil_jax.main --config=configs/crc_msi.py --workdir=/tmp/crc_msi
+
+The paper's protocol by default: train on train + validation, report the last
+epoch on test. --config.dataset.train_split=train instead selects the best
+epoch on validation and reports test with the best and the last model.
 """
 
 from configs import default
