@@ -33,7 +33,8 @@ def main(argv):
   from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
   with trained_run.command_errors_exit():
     paths = trained_run.image_paths(_IMAGES.value)
-    run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value)
+    run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value,
+                           need_data=False)
     rows, bad = trained_run.predict_files(run, paths,
                                           skip_bad=_SKIP_BAD.value)
     for reason in bad:

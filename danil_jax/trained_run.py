@@ -66,15 +66,25 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def load(workdir: str, checkpoint: str = 'last') -> TrainedRun:
-  """The run in `workdir` with the model of `checkpoint` restored."""
+def load(workdir: str, checkpoint: str = 'last', *,
+         need_data: bool = True) -> TrainedRun:
+  """The run in `workdir` with the model of `checkpoint` restored.
+
+  Without `need_data` (predicting on files) the data set is not built or
+  read: its builder only gives the class names.
+  """
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = read_config(workdir)
   directory, step = best_checkpoint.find_checkpoint(workdir, checkpoint)
-  builder = data_prep.prepare(
-      config.dataset.name, data_dir=config.dataset.data_dir,
-      manual_dir=config.dataset.manual_dir or None,
-      config=config.dataset.builder_config or None)
+  if need_data:
+    builder = data_prep.prepare(
+        config.dataset.name, data_dir=config.dataset.data_dir,
+        manual_dir=config.dataset.manual_dir or None,
+        config=config.dataset.builder_config or None)
+  else:
+    builder = data_prep.get_builder(
+        config.dataset.name, data_dir=config.dataset.data_dir,
+        config=config.dataset.builder_config or None)
   class_names = list(builder.info.features['label'].names)
   mesh = sharding.make_mesh()
   model_info = models.info(config.model.name)
