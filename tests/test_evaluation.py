@@ -138,17 +138,19 @@ def test_response_maps_equal_two_separate_grads(has_aux):
 
   maps = intrinsic_maps.response_maps(logits_fn, x, jnp.asarray(labels),
                                       has_aux=has_aux)
+  @jax.jit
+  def grad(xi, y):  # the reference: one jax.grad per image and class
+    return jax.grad(lambda xi: optax.softmax_cross_entropy_with_integer_labels(
+        model.apply(params, xi[None]), y[None])[0])(xi)
+
   for i in range(6):
-    def loss(xi, y):
-      return optax.softmax_cross_entropy_with_integer_labels(
-          model.apply(params, xi[None]), jnp.array([y]))[0]
     order = np.argsort(-np.asarray(logits[i]))
     y_minus = order[1] if order[0] == labels[i] else order[0]
     if order[0] == labels[i]:
       assert y_minus != labels[i]  # the highest-scoring wrong class
     assert int(maps['y_minus'][i]) == y_minus
-    a_plus = jax.grad(loss)(x[i], int(labels[i]))
-    a_minus = jax.grad(loss)(x[i], int(y_minus))
+    a_plus = grad(x[i], jnp.int32(labels[i]))
+    a_minus = grad(x[i], jnp.int32(y_minus))
     np.testing.assert_allclose(maps['a_plus'][i], a_plus, rtol=1e-5,
                                atol=1e-7)
     np.testing.assert_allclose(maps['a_minus'][i], a_minus, rtol=1e-5,
