@@ -189,6 +189,20 @@ def test_best_checkpoint_keeps_the_best_across_restarts(tmp_path, metric,
   np.testing.assert_array_equal(restored['w'], np.full(3, best[0]))
 
 
+def test_find_checkpoint_tells_best_from_last(tmp_path):
+  (tmp_path / 'checkpoints' / '7').mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '9').mkdir()
+  (tmp_path / 'checkpoints_best' / '3').mkdir(parents=True)
+  latest, best = str(tmp_path / 'checkpoints'), str(tmp_path /
+                                                    'checkpoints_best')
+  find = lambda which: best_checkpoint.find_checkpoint(str(tmp_path), which)
+  assert find('best') == (best, 3)
+  assert find('last') == (latest, 9)
+  assert find('7') == (latest, 7) and find('3') == (best, 3)
+  with pytest.raises(ValueError, match=r'no checkpoint of step 5.*\[7, 9\]'):
+    find('5')
+
+
 def test_find_checkpoint_errors_name_what_exists(tmp_path):
   with pytest.raises(ValueError, match='no best checkpoint'):
     best_checkpoint.find_checkpoint(str(tmp_path), 'best')
