@@ -232,11 +232,11 @@ def test_bootstrap_ci_against_an_independent_bootstrap():
   rng = np.random.default_rng(5)
   positive = np.arange(40) < 15
   scores = rng.normal(positive * 0.8, 1.0)
-  low, high = metrics.bootstrap_auroc_ci(positive, scores, num_samples=2000,
+  low, high = metrics.bootstrap_auroc_ci(positive, scores, num_samples=1000,
                                          seed=0)
   reference_rng = np.random.default_rng(123)
   values = []
-  while len(values) < 2000:
+  while len(values) < 1000:
     sample = reference_rng.integers(0, 40, 40)
     pos, neg = scores[sample][positive[sample]], scores[sample][
         ~positive[sample]]
@@ -244,7 +244,7 @@ def test_bootstrap_ci_against_an_independent_bootstrap():
       values.append(np.mean(pos[:, None] > neg[None, :]))
   assert low == pytest.approx(np.quantile(values, 0.025), abs=0.012)
   assert high == pytest.approx(np.quantile(values, 0.975), abs=0.012)
-  assert metrics.bootstrap_auroc_ci(positive, scores, num_samples=2000,
+  assert metrics.bootstrap_auroc_ci(positive, scores, num_samples=1000,
                                     seed=0) == (low, high)
-  assert metrics.bootstrap_auroc_ci(positive, scores, num_samples=2000,
+  assert metrics.bootstrap_auroc_ci(positive, scores, num_samples=1000,
                                     seed=1) != (low, high)
