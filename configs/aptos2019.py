@@ -5,6 +5,10 @@ instructions); the dataset is built on first use, or beforehand with
   python -m data_prep.build aptos2019 --manual_dir=~/danil_data/aptos2019
 
 python -m danil_jax.main --config=configs/aptos2019.py --workdir=/tmp/aptos2019
+
+The paper's protocol by default: train on train + validation, report the last
+epoch on test. --config.dataset.train_split=train instead selects the best
+epoch on validation and reports test with the best and the last model.
 """
 
 from configs import default
@@ -18,4 +22,7 @@ def get_config():
   config.dataset.builder_config = 'short512'
   config.dataset.manual_dir = '~/danil_data/aptos2019'
   config.dataset.num_classes = 5
+  # The competition metric: quadratic weighted kappa over grades 0-4.
+  config.eval.quadratic_kappa = True
+  config.eval.headline = ('quadratic_kappa', 'macro_f1', 'accuracy')
   return config

@@ -63,6 +63,29 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
 
+  # Evaluation (danil_jax/metrics.py, evaluation.py). `headline`: the metrics
+  # the console leads with; per-data-set configs name their benchmark's.
+  # `validation_split`: evaluated after every epoch to keep the best
+  # checkpoint by `select_by` ('' = headline[0]; 'loss' is minimised), the
+  # final report then scoring `dataset.eval_split` with the best and the last
+  # model. 'auto' = 'validation' when training on 'train' and the data set
+  # has one; '' = the paper's protocol: every epoch on `eval_split`, the last
+  # one reported.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.headline = ('macro_f1', 'accuracy')
+  config.eval.select_by = ''
+  config.eval.validation_split = 'auto'
+  # APTOS: quadratic weighted kappa over the ordinal grades.
+  config.eval.quadratic_kappa = False
+  # CRC-MSI: patient-level AUROC (Kather et al. 2019) over this feature, for
+  # this class, over patients with at least `patient_min_tiles` tiles, with
+  # a bootstrap 95% CI; '' = none.
+  config.eval.patient_key = ''
+  config.eval.patient_positive_class = ''
+  config.eval.patient_min_tiles = 10
+  config.eval.bootstrap_samples = 1000
+  config.eval.bootstrap_seed = 0
+
   # Multi-host: call jax.distributed.initialize() before anything else.
   config.distributed = False
   # Where JAX cannot detect the cluster (SLURM, Open MPI, TPU pods and

@@ -24,4 +24,5 @@ def get_config():
   config.num_epochs = 5
   config.log_every_steps = 25
   config.checkpoint_every_steps = 100
+  config.eval.headline = ('macro_f1', 'accuracy', 'balanced_accuracy')
   return config

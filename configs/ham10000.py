@@ -5,6 +5,10 @@ them for the list); the dataset is built on first use, or beforehand with
   python -m data_prep.build ham10000 --manual_dir=~/danil_data/ham10000
 
 python -m danil_jax.main --config=configs/ham10000.py --workdir=/tmp/ham10000
+
+The paper's protocol by default: train on train + validation, report the last
+epoch on test. --config.dataset.train_split=train instead selects the best
+epoch on validation and reports test with the best and the last model.
 """
 
 from configs import default
@@ -18,4 +22,6 @@ def get_config():
   config.dataset.builder_config = 'lesion'
   config.dataset.manual_dir = '~/danil_data/ham10000'
   config.dataset.num_classes = 7
+  # ISIC 2018 Task 3 ranks by balanced multiclass accuracy.
+  config.eval.headline = ('balanced_accuracy', 'macro_f1', 'macro_auroc')
   return config

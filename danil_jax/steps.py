@@ -187,15 +187,16 @@ def distraction_gradient_share(state: TrainState, batch, *, lam: float,
 
 
 def eval_step(state: TrainState, batch):
-  """Predictions and masked loss sums for one (possibly padded) batch."""
+  """Float32 softmax probabilities, predictions and the masked loss sum for
+  one (possibly padded) batch."""
   logits = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats},
-      batch['image'], train=False)
+      batch['image'], train=False).astype(jnp.float32)
   mask = batch['mask'].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), batch['label'])
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
   return dict(prediction=jnp.argmax(logits, -1), label=batch['label'],
-              mask=batch['mask'], ce_sum=jnp.sum(ce * mask))
+              mask=batch['mask'], ce_sum=jnp.sum(ce * mask),
+              probabilities=jax.nn.softmax(logits, axis=-1))
 
 
 def state_to_checkpoint(state: TrainState) -> dict:

@@ -18,7 +18,9 @@ from absl import logging
 from tqdm import tqdm
 
 import data_prep
+from danil_jax import best_checkpoint
 from danil_jax import checkpointing
+from danil_jax import evaluation
 from danil_jax import input_pipeline
 from danil_jax import metrics as metrics_lib
 from danil_jax import models
@@ -27,6 +29,7 @@ from danil_jax import plots
 from danil_jax import run_log
 from danil_jax import sharding
 from danil_jax import steps
+from danil_jax import tb_writer
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -117,23 +120,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   eval_step = jax.jit(steps.eval_step, in_shardings=(replicated, data),
                       out_shardings=replicated)
 
-  def evaluate(state):
-    predictions, labels, ce_sum = [], [], 0.0
-    batches = input_pipeline.eval_batches(
-        eval_source, global_batch_size=config.input.eval_batch_size, pre=pre,
-        num_workers=config.input.num_workers)
-    for local_batch in batches:
-      out = jax.device_get(
-          eval_step(state, sharding.global_batch(local_batch, mesh)))
-      predictions.append(out['prediction'][out['mask']])
-      labels.append(out['label'][out['mask']])
-      ce_sum += float(out['ce_sum'])
-    labels, predictions = np.concatenate(labels), np.concatenate(predictions)
-    assert len(labels) == len(eval_source), (len(labels), len(eval_source))
-    report = metrics_lib.classification_report(labels, predictions,
-                                               class_names)
-    report['loss'] = ce_sum / len(labels)
-    return report
+  # ----------------------------------------------------------- evaluation --
+  # With a validation split, every epoch scores it and keeps the best model
+  # by `select_by`; the final report scores eval_split with best and last.
+  # Without (the paper's protocol), every epoch scores eval_split.
+  val_split = evaluation.validation_split(config, builder.info.splits)
+  epoch_split = val_split or config.dataset.eval_split
+  select_by = evaluation.select_by(config)
+  split_metadata = {}
+
+  def evaluate(state, split):
+    if split not in split_metadata:
+      split_metadata[split] = evaluation.read_metadata(builder, split)
+    predictions = evaluation.predict_split(
+        eval_step, state, builder.as_data_source(split), pre=pre,
+        global_batch_size=config.input.eval_batch_size, mesh=mesh,
+        metadata=split_metadata[split], num_workers=config.input.num_workers)
+    return predictions, evaluation.report(predictions, class_names,
+                                          config.eval)
 
   # --------------------------------------------------------------- resume --
   manager = checkpointing.make_manager(workdir,
@@ -145,6 +149,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = int(state.step)
   log = run_log.MetricsLog(workdir, enabled=is_chief)
   log.truncate_after(start_step)
+  tensorboard = tb_writer.ScalarWriter(workdir, enabled=is_chief,
+                                       start_step=start_step)
+  best_manager = (best_checkpoint.make_manager(workdir, select_by)
+                  if val_split else None)
   if start_step:
     logging.info('resumed from the checkpoint at step %d', start_step)
     if is_chief:
@@ -191,30 +199,73 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         last_log_time, last_log_step, pending = now, step, []
         log.write(dict(kind='train', step=step, epoch=step / steps_per_epoch,
                        **means))
+        tensorboard.write(dict(kind='train', step=step, **means))
       if step % config.checkpoint_every_steps == 0 and step < epoch_end:
         checkpointing.save(manager, step, steps.state_to_checkpoint(state))
     bar.close()
-    report = evaluate(state)
-    log.write(dict(kind='eval', step=step, epoch=step / steps_per_epoch,
-                   split=config.dataset.eval_split, **report))
+    predictions, report = evaluate(state, epoch_split)
+    record = dict(kind='eval', step=step, epoch=step / steps_per_epoch,
+                  split=epoch_split, **report)
+    log.write(record)
+    tensorboard.write(record)
+    if select_by not in report:
+      raise ValueError(f'config.eval.select_by / headline[0] is '
+                       f'{select_by!r}, not a metric of this evaluation; '
+                       f'expected one of {sorted(report)}')
+    if val_split:
+      best_checkpoint.maybe_save(best_manager, select_by, step,
+                                 steps.state_to_checkpoint(state),
+                                 report[select_by])
     if is_chief:
       plots.plot_curves(log.read(), workdir / plots.CURVES_FILE,
                         title=f'{config.dataset.name} {config.model.name} '
                         f'{config.method}')
-      print(f'epoch {step / steps_per_epoch:.2f} {config.dataset.eval_split}:'
-            f" macro-F1 {report['macro_f1']:.4f} accuracy "
-            f"{report['accuracy']:.4f} loss {report['loss']:.4f}", flush=True)
+      print(f'epoch {step / steps_per_epoch:.2f} {epoch_split}: '
+            + metrics_lib.format_headline(report, config.eval.headline)
+            + f" loss {report['loss']:.4f}", flush=True)
     checkpointing.save(manager, step, steps.state_to_checkpoint(state))
   manager.wait_until_finished()
 
   # ---------------------------------------------------------------- report --
-  if report is None:  # nothing left to train: the run had already finished
-    report = evaluate(state)
+  # eval_split with the last model (and the best one, with a validation
+  # split); each also written to WORKDIR/eval/<split>_<model>/ as the
+  # `evaluate` command writes it.
+  test_split = config.dataset.eval_split
+  if report is None or val_split:
+    predictions, report = evaluate(state, test_split)
+  finals = {'last': (step, predictions, report)}
+  if val_split:
+    best_manager.wait_until_finished()
+    best_step, best_value = best_checkpoint.best_so_far(best_manager)
+  if val_split and best_step is not None:
+    best_state = steps.state_from_checkpoint(state, best_checkpoint.restore_state(
+        best_manager.directory, best_step, steps.state_to_checkpoint(state)))
+    finals['best'] = (best_step,) + evaluate(best_state, test_split)
   if is_chief:
-    (workdir / 'final_metrics.json').write_text(json.dumps(
-        dict(step=step, split=config.dataset.eval_split, **report), indent=2))
-    print(f'\nFinal {config.dataset.eval_split} metrics after {step} steps '
-          f'({config.method}):\n'
-          + metrics_lib.format_report(report, class_names), flush=True)
+    for model, (model_step, model_predictions, model_report) in finals.items():
+      evaluation.write_outputs(
+          workdir / 'eval' / f'{test_split}_{model}',
+          model_predictions, dict(step=model_step, split=test_split,
+                                  model=model, **model_report), class_names,
+          title=f'{config.dataset.name} {test_split}, {model} model '
+          f'(step {model_step})')
+      if val_split:
+        tensorboard.write(dict(kind='final', step=step, split=test_split,
+                               model=model, **model_report))
+    final = dict(step=step, split=test_split, model='last', **report)
+    if 'best' in finals:
+      final['best'] = dict(step=best_step, split=test_split,
+                           selected_on=val_split, select_by=select_by,
+                           selection_value=best_value, **finals['best'][2])
+    (workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
+    for model, (model_step, _, model_report) in finals.items():
+      chosen = (f', best {val_split} {select_by}' if model == 'best' else '')
+      print(f'\nFinal {test_split} metrics after {model_step} steps '
+            f'({config.method}, {model} model{chosen}):\n'
+            + metrics_lib.format_report(model_report, class_names,
+                                        config.eval.headline), flush=True)
+  tensorboard.close()
+  if best_manager is not None:
+    best_manager.close()
   manager.close()
   return report

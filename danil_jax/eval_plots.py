@@ -1,0 +1,105 @@
+"""PNG figures of an evaluation: the confusion matrix and the ROC curves."""
+
+import io
+
+from etils import epath
+import numpy as np
+from sklearn import metrics as skm
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # no display on servers and CI
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path) -> None:
+  # Through a buffer so `path` may be anything etils.epath handles (gs://...).
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=90)
+  epath.Path(path).write_bytes(png.getvalue())
+
+
+def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
+  """Counts, with each row's share (recall) as the colour."""
+  plt = _pyplot()
+  matrix = np.asarray(matrix)
+  rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+  size = 1.6 + 0.7 * len(class_names)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(rows, cmap='Blues', vmin=0, vmax=1)
+  for i in range(matrix.shape[0]):
+    for j in range(matrix.shape[1]):
+      ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+              color='white' if rows[i, j] > 0.5 else 'black')
+  ax.set_xticks(range(len(class_names)), class_names, rotation=45,
+                ha='right', fontsize=8)
+  ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  fig.colorbar(image, ax=ax, label='share of the true class')
+  ax.set_title(title or 'confusion matrix', fontsize=9)
+  fig.tight_layout()
+  _save(fig, path)
+  plt.close(fig)
+  return path
+
+
+def roc_curves(labels, probabilities, class_names, path: str,
+               title: str = '') -> str:
+  """One-vs-rest ROC curve of every class that has positives and negatives."""
+  plt = _pyplot()
+  labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for k, name in enumerate(class_names):
+    positive = labels == k
+    if positive.all() or not positive.any():
+      continue
+    fpr, tpr, _ = skm.roc_curve(positive, probabilities[:, k])
+    ax.plot(fpr, tpr, lw=1,
+            label=f'{name} (AUC {skm.auc(fpr, tpr):.3f})')
+  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  ax.set_xlabel('false positive rate')
+  ax.set_ylabel('true positive rate')
+  ax.set_title(title or 'ROC, one vs rest', fontsize=9)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  _save(fig, path)
+  plt.close(fig)
+  return path
+
+
+def response_maps(maps: dict, class_names, pre, path: str, title: str = '') -> str:
+  """The paper's Fig. 3: image, |A+|, |A-| per row (same colour scale)."""
+  plt = _pyplot()
+  num = len(maps['indices'])
+  fig, axes = plt.subplots(num, 3, figsize=(7.5, 2.6 * num), squeeze=False)
+  shown = np.clip(maps['images'] * np.asarray(pre.std) + np.asarray(pre.mean),
+                  0, 1)
+  for row in range(num):
+    a_plus = np.sqrt(np.sum(maps['a_plus'][row] ** 2, -1))
+    a_minus = np.sqrt(np.sum(maps['a_minus'][row] ** 2, -1))
+    vmax = max(a_plus.max(), a_minus.max(), 1e-12)  # one scale per row
+    label = class_names[maps['labels'][row]]
+    prediction = class_names[maps['prediction'][row]]
+    y_minus = class_names[maps['y_minus'][row]]
+    panels = ((shown[row], f'#{maps["indices"][row]} label {label}\n'
+               f'predicted {prediction}', None),
+              (a_plus, f'|A+| (y+ = {label})', 'inferno'),
+              (a_minus, f'|A-| (y- = {y_minus})', 'inferno'))
+    for ax, (image, caption, cmap) in zip(axes[row], panels):
+      ax.imshow(image, cmap=cmap, vmin=0 if cmap else None,
+                vmax=vmax if cmap else None)
+      ax.set_title(caption, fontsize=8)
+      ax.axis('off')
+    axes[row, 2].text(
+        0.5, -0.08, f"||A+ - A-||^2 = {maps['distance'][row]:.3g}",
+        transform=axes[row, 2].transAxes, ha='center', va='top', fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  _save(fig, path)
+  plt.close(fig)
+  return path

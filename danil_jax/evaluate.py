@@ -1,0 +1,32 @@
+"""Scores a run's checkpoint on a split, without touching its training state.
+
+python -m danil_jax.evaluate --workdir=DIR [--split=test]
+    [--checkpoint=best|last|STEP]
+
+writes DIR/eval/<split>_<checkpoint>/: metrics.json (every metric of
+metrics.py, the data set's own included), predictions.csv (id, label,
+prediction, metadata, one probability column per class) and
+confusion_matrix.png, roc_curves.png.
+"""
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
+_SPLIT = flags.DEFINE_string('split', 'test', 'Split to score.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'last', "'best' (by the validation metric), 'last' or a "
+    'step number.')
+flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
+  with trained_run.command_errors_exit():
+    trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

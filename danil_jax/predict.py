@@ -1,0 +1,48 @@
+"""Class probabilities of a trained run for plain image files.
+
+python -m danil_jax.predict --workdir=DIR --images=PATH_OR_GLOB
+    --out=preds.csv [--checkpoint=last] [--skip_bad]
+
+Each JPEG/PNG (any size, greyscale and RGBA converted to RGB) gets the
+run's evaluation preprocessing (central crop, resize, normalise) and one
+row: file, prediction, one probability column per class. A file that
+cannot be read is an error naming it; with --skip_bad such files are listed
+on stderr and left out, never given a row.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
+_IMAGES = flags.DEFINE_string(
+    'images', None, 'An image file, a directory (its files) or a glob '
+    "('scans/*.jpg'; quote it).")
+_OUT = flags.DEFINE_string('out', None, 'CSV file to write.')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'last', "'best', 'last' or a step number.")
+_SKIP_BAD = flags.DEFINE_bool(
+    'skip_bad', False, 'List unreadable files and go on without them.')
+flags.mark_flags_as_required(['workdir', 'images', 'out'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
+  with trained_run.command_errors_exit():
+    paths = trained_run.image_paths(_IMAGES.value)
+    run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value,
+                           need_data=False)
+    rows, bad = trained_run.predict_files(run, paths,
+                                          skip_bad=_SKIP_BAD.value)
+    for reason in bad:
+      print(f'skipped {reason}', file=sys.stderr)
+    trained_run.write_predictions_csv(_OUT.value, rows, run.class_names)
+    print(f'wrote {len(rows)} rows to {_OUT.value}'
+          + (f' ({len(bad)} unreadable file(s) skipped)' if bad else ''))
+
+
+if __name__ == '__main__':
+  app.run(main)
