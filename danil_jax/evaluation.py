@@ -12,6 +12,7 @@ probabilities with its id and metadata read from the data source by index
 from __future__ import annotations
 
 import csv
+import io
 import dataclasses
 import json
 
@@ -131,16 +132,17 @@ def write_predictions_csv(path: str, predictions: Predictions,
   """id, label, prediction, the other metadata, one probability per class
   (as the ISIC submission format has them)."""
   extra = [k for k in predictions.metadata if k != 'index']
-  with epath.Path(path).open('w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['id', 'label', 'prediction'] + extra + list(class_names))
-    ids = predictions.ids
-    for i in range(len(predictions.labels)):
-      writer.writerow(
-          [ids[i], class_names[predictions.labels[i]],
-           class_names[predictions.predictions[i]]]
-          + [predictions.metadata[k][i] for k in extra]
-          + [repr(float(p)) for p in predictions.probabilities[i]])
+  buffer = io.StringIO(newline='')  # epath's open() takes no newline=
+  writer = csv.writer(buffer)
+  writer.writerow(['id', 'label', 'prediction'] + extra + list(class_names))
+  ids = predictions.ids
+  for i in range(len(predictions.labels)):
+    writer.writerow(
+        [ids[i], class_names[predictions.labels[i]],
+         class_names[predictions.predictions[i]]]
+        + [predictions.metadata[k][i] for k in extra]
+        + [repr(float(p)) for p in predictions.probabilities[i]])
+  epath.Path(path).write_text(buffer.getvalue())
 
 
 def write_outputs(outdir: str, predictions: Predictions, metrics: dict,
