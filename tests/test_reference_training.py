@@ -94,9 +94,8 @@ def cross_entropy(logits, labels):
   return log_norm - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
 
 
-def reference_loss(params, batch_stats, batch, *, forward, method, lam, eps,
-                   keep_ratio):
-  """Returns (loss, (new batch_stats, per-sample misclassified))."""
+def reference_terms(params, batch_stats, batch, *, forward, eps):
+  """Per-sample CE, Ld (Eq. 5), misclassified mask and new batch_stats."""
   images, labels = batch['image'], batch['label']
 
   def logits_fn(x):
@@ -107,25 +106,35 @@ def reference_loss(params, batch_stats, batch, *, forward, method, lam, eps,
   ce = cross_entropy(logits, labels)
   predicted = jax.lax.stop_gradient(jnp.argmax(logits, -1))
   misclassified = (predicted != labels).astype(jnp.float32)
+  # Algorithm 1: A+ and A- as two separate input gradients (Eq. 2-4), of the
+  # losses summed over the batch so image i's map is its slice (and train-
+  # mode BatchNorm couples the images); y- is the constant prediction.
+  summed = lambda target: lambda x: jnp.sum(
+      cross_entropy(logits_fn(x)[0], target))
+  a_pos = jax.grad(summed(labels))(images)
+  a_neg = jax.grad(summed(predicted))(images)
+  distance = jnp.sum(jnp.square(a_pos - a_neg), axis=(1, 2, 3))
+  ld = jnp.mean(misclassified * (1.0 / (distance + eps)))
+  return dict(ce=ce, ld=ld, misclassified=misclassified,
+              batch_stats=new_stats)
+
+
+def reference_loss(params, batch_stats, batch, *, forward, method, lam, eps,
+                   keep_ratio):
+  """Returns (loss, (new batch_stats, per-sample misclassified))."""
+  terms = reference_terms(params, batch_stats, batch, forward=forward,
+                          eps=eps)
+  ce = terms['ce']
   if method == 'base':
     loss = jnp.mean(ce)
   elif method == 'ohem':
     # The ceil(keep_ratio * B) largest losses, chosen without a gradient.
-    k = math.ceil(keep_ratio * len(labels))
+    k = math.ceil(keep_ratio * len(ce))
     order = jnp.argsort(-jax.lax.stop_gradient(ce))
     loss = jnp.sum(ce[order[:k]]) / k
   else:
-    # Algorithm 1: A+ and A- as two separate input gradients (Eq. 2-4), of the
-    # losses summed over the batch so image i's map is its slice (and train-
-    # mode BatchNorm couples the images); y- is the constant prediction.
-    summed = lambda target: lambda x: jnp.sum(
-        cross_entropy(logits_fn(x)[0], target))
-    a_pos = jax.grad(summed(labels))(images)
-    a_neg = jax.grad(summed(predicted))(images)
-    distance = jnp.sum(jnp.square(a_pos - a_neg), axis=(1, 2, 3))
-    ld = jnp.mean(misclassified * (1.0 / (distance + eps)))  # Eq. 5
-    loss = jnp.mean(ce) + lam * ld  # Eq. 6
-  return loss, (new_stats, misclassified)
+    loss = jnp.mean(ce) + lam * terms['ld']  # Eq. 6
+  return loss, (terms['batch_stats'], terms['misclassified'])
 
 
 def learning_rate(step, optim):
@@ -247,3 +256,38 @@ def test_trainer_equals_the_reference_training_loop(method, optimiser,
   else:
     assert_trees_close(optax.tree_utils.tree_get(state.opt_state, 'trace'),
                        want['trace'], 'momentum')
+
+
+def test_distraction_gradient_share_equals_two_separate_gradients():
+  """steps.distraction_gradient_share against g_ce and g_d taken as two
+  separate parameter gradients of the reference L+c and lam * Ld."""
+  config = make_config('danil', 'momentum')
+  build, forward = MODELS['small_resnet']
+  model = build()
+  batch = make_batches(seed=2)[0]
+  variables = model.init(jax.random.PRNGKey(0), batch['image'], train=False)
+  tx = steps.make_optimizer(config.optim, STEPS_PER_EPOCH, NUM_EPOCHS)
+  state = steps.create_train_state(model, variables, tx,
+                                   jax.random.PRNGKey(config.seed))
+  lam, eps = config.danil.lam, config.danil.eps
+  got = jax.jit(functools.partial(steps.distraction_gradient_share, lam=lam,
+                                  eps=eps))(state, batch)
+
+  def term(params, which):
+    terms = reference_terms(params, variables['batch_stats'], batch,
+                            forward=forward, eps=eps)
+    return jnp.mean(terms['ce']) if which == 'ce' else lam * terms['ld']
+
+  g_ce = jax.jit(jax.grad(functools.partial(term, which='ce')))(
+      variables['params'])
+  g_d = jax.jit(jax.grad(functools.partial(term, which='d')))(
+      variables['params'])
+  norm = lambda tree: np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64)))
+                                  for a in jax.tree.leaves(tree)))
+  want_share = norm(g_d) / norm(jax.tree.map(np.add, g_ce, g_d))
+  want_ratio = norm(g_d) / norm(g_ce)
+  assert want_ratio > 0.1  # the term does move the gradient at this lam
+  np.testing.assert_allclose(got['distraction_grad_share'], want_share,
+                             rtol=1e-5)
+  np.testing.assert_allclose(got['distraction_grad_ratio'], want_ratio,
+                             rtol=1e-5)
