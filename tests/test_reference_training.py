@@ -94,7 +94,7 @@ def cross_entropy(logits, labels):
   return log_norm - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
 
 
-def reference_terms(params, batch_stats, batch, *, forward, eps):
+def reference_terms(params, batch_stats, batch, *, forward, eps, with_ld=True):
   """Per-sample CE, Ld (Eq. 5), misclassified mask and new batch_stats."""
   images, labels = batch['image'], batch['label']
 
@@ -106,6 +106,8 @@ def reference_terms(params, batch_stats, batch, *, forward, eps):
   ce = cross_entropy(logits, labels)
   predicted = jax.lax.stop_gradient(jnp.argmax(logits, -1))
   misclassified = (predicted != labels).astype(jnp.float32)
+  if not with_ld:
+    return dict(ce=ce, misclassified=misclassified, batch_stats=new_stats)
   # Algorithm 1: A+ and A- as two separate input gradients (Eq. 2-4), of the
   # losses summed over the batch so image i's map is its slice (and train-
   # mode BatchNorm couples the images); y- is the constant prediction.
@@ -123,7 +125,7 @@ def reference_loss(params, batch_stats, batch, *, forward, method, lam, eps,
                    keep_ratio):
   """Returns (loss, (new batch_stats, per-sample misclassified))."""
   terms = reference_terms(params, batch_stats, batch, forward=forward,
-                          eps=eps)
+                          eps=eps, with_ld=method == 'danil')
   ce = terms['ce']
   if method == 'base':
     loss = jnp.mean(ce)
@@ -275,7 +277,7 @@ def test_distraction_gradient_share_equals_two_separate_gradients():
 
   def term(params, which):
     terms = reference_terms(params, variables['batch_stats'], batch,
-                            forward=forward, eps=eps)
+                            forward=forward, eps=eps, with_ld=which == 'd')
     return jnp.mean(terms['ce']) if which == 'ce' else lam * terms['ld']
 
   g_ce = jax.jit(jax.grad(functools.partial(term, which='ce')))(
