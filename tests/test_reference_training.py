@@ -10,7 +10,12 @@ own cross-entropy, OHEM and DANIL with the two input gradients of Algorithm 1
 taken separately, and SGD with momentum, Nesterov, weight decay and the
 warmup/cosine schedules as torch.optim.SGD and the schedules' formulas
 define them (no optax). Parameters, BatchNorm statistics and optimiser state
-must agree per leaf.
+must agree per leaf after 6 steps, each batch with misclassified samples.
+
+Two BatchNorm conventions are covered: the demo model's Flax nn.BatchNorm
+keeps the biased batch variance in its running average, the ImageNet
+backbones' layers.BatchNorm the unbiased one (torch's); TorchBNNet, a conv,
+that BatchNorm and a head, runs the second through the same path.
 """
 
 import functools
