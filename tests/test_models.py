@@ -2,13 +2,16 @@
 
 Shapes come from `jax.eval_shape` (tracing only): a real forward at 224-299
 on CPU would cost seconds per model, and the numerics are proven against torch
-in test_weights.py.
+in test_weights.py. The demo model, which has no torch twin, is checked
+against a plain-JAX reimplementation (plain_jax_models.py).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import plain_jax_models
 from danil_jax import models
 
 BACKBONES = ('resnet50', 'vgg11', 'vgg11_bn', 'inception_v4',
@@ -94,3 +97,56 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert logits.dtype == jnp.float32
   assert all(leaf.dtype == jnp.float32
              for leaf in jax.tree.leaves(variables))
+
+
+def test_demo_model_computes_what_its_plain_jax_twin_computes():
+  """SmallResNet (two blocks a stage) against plain_jax_models.small_resnet,
+  written from the layer formulas with lax convolutions: logits in eval mode
+  (random running statistics) and train mode, the running statistics a
+  train-mode forward writes, and the parameter and input gradients of a
+  loss through the train-mode forward (the first-order rules of the
+  project's custom-VJP convolutions)."""
+  model = models.create('small_resnet', 5, widths=(8, 16, 32),
+                        blocks_per_stage=2)
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  # Random affine parameters and running statistics, so that no BatchNorm is
+  # the identity and eval mode differs from train mode.
+  leaves, treedef = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  variables = jax.tree.unflatten(treedef, [
+      leaf + 0.3 * jnp.abs(jax.random.normal(k, leaf.shape))
+      for leaf, k in zip(leaves, keys)])
+
+  def flax_forward(variables, x, *, train):
+    if not train:
+      return model.apply(variables, x, train=False), {}
+    logits, updates = model.apply(variables, x, train=True,
+                                  mutable=['batch_stats'])
+    return logits, updates['batch_stats']
+
+  def run(forward):
+    def loss(params, x):
+      logits, stats = forward(dict(variables, params=params), x, train=True)
+      # Weights so every logit gets its own cotangent.
+      return jnp.sum(logits * jnp.cos(jnp.arange(logits.size).reshape(
+          logits.shape))), (logits, stats)
+    (_, (logits, stats)), (g_params, g_x) = jax.value_and_grad(
+        loss, argnums=(0, 1), has_aux=True)(variables['params'], x)
+    eval_logits, _ = forward(variables, x, train=False)
+    return dict(eval_logits=eval_logits, train_logits=logits,
+                batch_stats=stats, param_grads=g_params, input_grad=g_x)
+
+  got = jax.device_get(jax.jit(lambda: run(flax_forward))())
+  want = jax.device_get(jax.jit(lambda: run(plain_jax_models.small_resnet))())
+  assert np.std(want['eval_logits']) > 0.1
+  assert np.abs(want['eval_logits'] - want['train_logits']).max() > 0.1
+  for what in want:
+    got_leaves = dict(jax.tree_util.tree_leaves_with_path(got[what]))
+    want_leaves = dict(jax.tree_util.tree_leaves_with_path(want[what]))
+    assert got_leaves.keys() == want_leaves.keys(), what
+    for path, want_leaf in want_leaves.items():
+      scale = np.linalg.norm(want_leaf)
+      error = np.linalg.norm(got_leaves[path] - want_leaf) / scale
+      assert scale > 0 and error <= 1e-5, (
+          what, jax.tree_util.keystr(path), error)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,8 +10,11 @@ import time
 
 import numpy as np
 import pytest
+from absl import flags
 
+import data_prep
 from configs import demo
+from danil_jax import input_pipeline
 from danil_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +25,7 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('tfds'))
 
 
-def small_config(data_dir, **overrides):
+def small_config(data_dir, num_workers=0, **overrides):
   config = demo.get_config()
   config.dataset.data_dir = data_dir
   config.max_steps = 4
@@ -29,6 +33,7 @@ def small_config(data_dir, **overrides):
   config.checkpoint_every_steps = 2
   config.input.global_batch_size = 16
   config.input.eval_batch_size = 128
+  config.input.num_workers = num_workers
   for key, value in overrides.items():
     config[key] = value
   config.lock()
@@ -55,7 +60,12 @@ def test_runs_every_method_and_evaluates_the_whole_test_split(
   for record in train_lines:
     assert 0.0 <= record['misclassified'] <= 1.0
     if method == 'danil':
-      assert 0.0 <= record['distraction_grad_share'] <= 1.0
+      # ||g_d|| / ||g_ce + g_d|| has no upper bound (it exceeds 1 when the
+      # two gradients oppose); its value is pinned against two separate
+      # gradients in test_reference_training.py.
+      assert record['distraction_grad_share'] >= 0.0
+      if record['misclassified'] > 0:
+        assert record['distraction_grad_share'] > 0.0
     else:
       assert record['distraction'] == 0.0
   assert (tmp_path / 'curves.png').stat().st_size > 0
@@ -63,20 +73,93 @@ def test_runs_every_method_and_evaluates_the_whole_test_split(
   assert final['accuracy'] == report['accuracy']
 
 
-def test_resuming_replays_exactly_the_uninterrupted_run(tmp_path, data_dir):
-  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-  train.train_and_evaluate(small_config(data_dir, max_steps=6), str(straight))
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory, data_dir):
+  """An uninterrupted 6-step run in the main process (no grain workers)."""
+  workdir = tmp_path_factory.mktemp('straight')
+  train.train_and_evaluate(small_config(data_dir, max_steps=6), str(workdir))
+  return workdir
+
+
+def train_losses(workdir):
+  return [(r['step'], r['loss']) for r in read_log(workdir)
+          if r['kind'] == 'train']
+
+
+def test_resuming_replays_exactly_the_uninterrupted_run(tmp_path, data_dir,
+                                                        straight_run):
+  resumed = tmp_path / 'resumed'
   train.train_and_evaluate(small_config(data_dir, max_steps=3), str(resumed))
   report = train.train_and_evaluate(small_config(data_dir, max_steps=6),
                                     str(resumed))
-  losses = lambda w: [(r['step'], r['loss']) for r in read_log(w)
-                      if r['kind'] == 'train']
   # Same batches in the same order and the same state: identical losses.
-  assert losses(resumed) == losses(straight)
-  assert [s for s, _ in losses(straight)] == [1, 2, 3, 4, 5, 6]
+  assert train_losses(resumed) == train_losses(straight_run)
+  assert [s for s, _ in train_losses(straight_run)] == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose(
-      report['loss'], json.load(open(straight / 'final_metrics.json'))['loss'],
-      rtol=1e-6)
+      report['loss'],
+      json.load(open(straight_run / 'final_metrics.json'))['loss'], rtol=1e-6)
+
+
+@pytest.fixture
+def absl_flags_parsed():
+  """grain's worker processes read absl flags, which `python -m
+  danil_jax.main` (absl's app.run) parses; called as a library the trainer
+  with workers raises UnparsedFlagAccessError without this."""
+  if flags.FLAGS.is_parsed():
+    yield
+    return
+  flags.FLAGS.mark_as_parsed()
+  try:
+    yield
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_grain_workers_resume_exactly(tmp_path, data_dir, absl_flags_parsed,
+                                      capsys):
+  """Real configs decode in 4 grain worker processes, the other tests in
+  none. With 2 workers, a run that lost its last checkpoint (as if killed
+  after step 4) resumes from step 4 with the workers' iterator position and
+  replays steps 5-6 and the evaluation (by the workers too) exactly.
+
+  The batches themselves depend on the number of workers (each grain worker
+  batches its own share of the records), so the reference is an
+  uninterrupted run with the same 2 workers.
+  """
+  del absl_flags_parsed
+  config = small_config(data_dir, num_workers=2, max_steps=6, method='base')
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  want = train.train_and_evaluate(config, str(straight))
+  shutil.copytree(straight, resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '6')
+  capsys.readouterr()
+  got = train.train_and_evaluate(config, str(resumed))
+  assert 'Resuming from step 4' in capsys.readouterr().out
+  assert train_losses(resumed) == train_losses(straight)
+  assert [s for s, _ in train_losses(straight)] == [1, 2, 3, 4, 5, 6]
+  assert got['confusion_matrix'] == want['confusion_matrix']
+  assert got['loss'] == want['loss'] and got['num_examples'] == 800
+
+
+def test_evaluation_batches_from_workers_equal_the_main_process(
+    data_dir, absl_flags_parsed):
+  """The whole test split through 2 grain workers gives the batches of the
+  in-process path, in order, the last one padded and masked (96 does not
+  divide 800)."""
+  del absl_flags_parsed
+  builder = data_prep.prepare('danil_demo', data_dir=data_dir)
+  source = builder.as_data_source('test')
+  pre = input_pipeline.Preprocessing(size=32, mean=(0.5,) * 3,
+                                     std=(0.25,) * 3, augment=False)
+  batches = lambda workers: list(input_pipeline.eval_batches(
+      source, global_batch_size=96, pre=pre, num_workers=workers))
+  in_process, from_workers = batches(0), batches(2)
+  assert len(in_process) == len(from_workers) == 9
+  for want, got in zip(in_process, from_workers):
+    assert want.keys() == got.keys() == {'image', 'label', 'mask'}
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  assert sum(int(b['mask'].sum()) for b in from_workers) == 800
 
 
 def test_sigkill_then_rerun_resumes_and_finishes(tmp_path, data_dir):
