@@ -22,7 +22,9 @@ rep (so load drift hits every variant alike), times:
                 is misclassified (Ld = 0, Eq. 5), else runs the DANIL step
   danil_skip_correct  the same executable on the all-correct batch
   danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
-                instead of `danil_jax.ops`
+                instead of `danil_jax.ops` (a model with conv_rules='stock')
+
+`--conv_rules` sets the rules of every other variant (default 'auto').
 
 and reports the median ms, the ratio to `plain`, the ratio in forward units,
 compile time and XLA temp memory. Every call starts from a copy of the same
@@ -108,7 +110,7 @@ def forward_only(state, batch):
   return logits, updates
 
 
-def _step_fns():
+def _step_fns(stock_apply=None):
   step = steps.train_step
   return {
       'forward': (forward_only, False),
@@ -120,21 +122,17 @@ def _step_fns():
                       True),
       'danil_skip': (functools.partial(step, method='danil', lam=LAM,
                                        eps=EPS, skip_correct=True), True),
-      # A distinct function object, so jit's trace cache cannot hand back
-      # the custom-rule trace of 'danil'.
+      # The same weights through a model built with conv_rules='stock'.
       'danil_stock': (lambda s, b: steps.train_step(
-          s, b, method='danil', lam=LAM, eps=EPS), True),
+          s.replace(apply_fn=stock_apply), b, method='danil', lam=LAM,
+          eps=EPS), True),
   }
 
 
-def _compile(fn, donate, state, batch, stock):
+def _compile(fn, donate, state, batch):
   start = time.perf_counter()
   jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
-  if stock:
-    with ops.stock_rules():
-      compiled = jitted.lower(state, batch).compile()
-  else:
-    compiled = jitted.lower(state, batch).compile()
+  compiled = jitted.lower(state, batch).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp = getattr(memory, 'temp_size_in_bytes', None) if memory else None
@@ -145,9 +143,10 @@ def _copy(tree):
   return jax.block_until_ready(jax.tree.map(jnp.copy, tree))
 
 
-def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None):
+def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None,
+              conv_rules='auto'):
   """(train state, batch, batch with every sample correct)."""
-  model = models.create(name, num_classes, dtype=dtype)
+  model = models.create(name, num_classes, dtype=dtype, conv_rules=conv_rules)
   rng = np.random.default_rng(0)
   images = rng.standard_normal((batch_size, size, size, 3), np.float32)
   labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
@@ -173,7 +172,7 @@ def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None):
 def run_model(name, size, batch_size, args):
   """Times every variant of one backbone; returns its result dict."""
   result = dict(model=name, size=size, batch=batch_size, dtype=args.dtype,
-                variants={})
+                conv_rules=args.conv_rules, variants={})
   torch_steps = None
   if args.torch and models.info(name).torch_reference:
     import torch  # pylint: disable=g-import-not-at-top
@@ -186,7 +185,8 @@ def run_model(name, size, batch_size, args):
         autocast_dtype=(torch.bfloat16 if args.dtype == 'bfloat16' else None))
   state, batch, correct = setup_jax(
       name, size, batch_size, args.num_classes, jnp.dtype(args.dtype),
-      torch_model=torch_steps.model if torch_steps else None)
+      torch_model=torch_steps.model if torch_steps else None,
+      conv_rules=args.conv_rules)
   # forward and plain are the units of the ratios: always timed.
   variants = [v for v in JAX_VARIANTS
               if v in args.variants.split(',') + ['forward', 'plain']]
@@ -194,7 +194,9 @@ def run_model(name, size, batch_size, args):
   for v, owner in SAME_EXECUTABLE.items():
     if v in variants and owner not in variants:
       variants.insert(variants.index(v), owner)
-  fns = _step_fns()
+  fns = _step_fns(models.create(name, args.num_classes,
+                                dtype=jnp.dtype(args.dtype),
+                                conv_rules='stock').apply)
   compiled = {}
   for v in variants:
     if v in SAME_EXECUTABLE:
@@ -203,8 +205,7 @@ def run_model(name, size, batch_size, args):
           result['variants'][SAME_EXECUTABLE[v]], ms=[])
       continue
     fn, donate = fns[v]
-    compiled[v], seconds, temp = _compile(fn, donate, state, batch,
-                                          v == 'danil_stock')
+    compiled[v], seconds, temp = _compile(fn, donate, state, batch)
     result['variants'][v] = dict(compile_s=seconds, temp_bytes=temp, ms=[])
     print(f'  compiled {name}/{v}: {seconds:.1f} s', flush=True)
   # Sanity: the variants compute the same DANIL loss; the correct batch has
@@ -328,6 +329,9 @@ def main(argv=None):
                       "a GPU, else 'cpu'); bfloat16 runs under autocast")
   parser.add_argument('--stock', action='store_true',
                       help='also time DANIL with the stock lax conv/pool rules')
+  parser.add_argument('--conv_rules', default='auto',
+                      choices=ops.CONV_RULES,
+                      help='the rules of every variant but danil_stock')
   parser.add_argument('--json', default=None, help='write results here')
   args = parser.parse_args(argv)
   if args.torch_device is None:
