@@ -21,6 +21,12 @@ rep (so load drift hits every variant alike), times:
                 first; `lax.cond` then finishes a plain step when no sample
                 is misclassified (Ld = 0, Eq. 5), else runs the DANIL step
   danil_skip_correct  the same executable on the all-correct batch
+  danil_mo      the DANIL step with `misclassified_only=True` (per-image maps
+                with running BatchNorm statistics, double backprop over the
+                misclassified images' capacity bucket only)
+  danil_mo_eighth  the same executable on a batch with ceil(B/8) images
+                misclassified (the rest labelled with their predictions)
+  danil_eighth  the exact DANIL step on that batch
   danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
                 instead of `danil_jax.ops` (a model with conv_rules='stock')
 
@@ -61,10 +67,13 @@ DEFAULTS = {'small_resnet': (64, 16), 'resnet50': (224, 8), 'vgg11': (224, 8),
             'vgg11_bn': (224, 8), 'inception_v4': (299, 8),
             'efficientnet_b0': (224, 8)}
 JAX_VARIANTS = ('forward', 'plain', 'ohem', 'danil', 'danil_2grad',
-                'danil_correct', 'danil_skip', 'danil_skip_correct')
-# Variants that run another variant's executable on the all-correct batch.
+                'danil_correct', 'danil_skip', 'danil_skip_correct',
+                'danil_eighth', 'danil_mo', 'danil_mo_eighth')
+# Variants that run another variant's executable on the all-correct batch
+# or the batch with 1/8 misclassified.
 SAME_EXECUTABLE = {'danil_correct': 'danil',
-                   'danil_skip_correct': 'danil_skip'}
+                   'danil_skip_correct': 'danil_skip',
+                   'danil_eighth': 'danil', 'danil_mo_eighth': 'danil_mo'}
 TORCH_VARIANTS = ('forward', 'plain', 'danil')
 LAM, EPS = 1e-5, 1e-4
 
@@ -122,6 +131,8 @@ def _step_fns(stock_apply=None):
                       True),
       'danil_skip': (functools.partial(step, method='danil', lam=LAM,
                                        eps=EPS, skip_correct=True), True),
+      'danil_mo': (functools.partial(step, method='danil', lam=LAM, eps=EPS,
+                                     misclassified_only=True), True),
       # The same weights through a model built with conv_rules='stock'.
       'danil_stock': (lambda s, b: steps.train_step(
           s.replace(apply_fn=stock_apply), b, method='danil', lam=LAM,
@@ -169,6 +180,20 @@ def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None,
   return state, batch, correct
 
 
+def one_eighth_misclassified(correct, num_classes):
+  """The all-correct batch with its first ceil(B/8) labels changed."""
+  labels = correct['label']
+  wrong = -(-labels.shape[0] // 8)
+  flipped = labels.at[:wrong].set((labels[:wrong] + 1) % num_classes)
+  return {'image': correct['image'], 'label': flipped}
+
+
+def _inputs(variant, batch, correct, eighth):
+  if variant.endswith('_correct'):
+    return correct
+  return eighth if variant.endswith('_eighth') else batch
+
+
 def run_model(name, size, batch_size, args):
   """Times every variant of one backbone; returns its result dict."""
   result = dict(model=name, size=size, batch=batch_size, dtype=args.dtype,
@@ -187,6 +212,7 @@ def run_model(name, size, batch_size, args):
       name, size, batch_size, args.num_classes, jnp.dtype(args.dtype),
       torch_model=torch_steps.model if torch_steps else None,
       conv_rules=args.conv_rules)
+  eighth = one_eighth_misclassified(correct, args.num_classes)
   # forward and plain are the units of the ratios: always timed.
   variants = [v for v in JAX_VARIANTS
               if v in args.variants.split(',') + ['forward', 'plain']]
@@ -214,7 +240,7 @@ def run_model(name, size, batch_size, args):
   for v in variants:
     if v.startswith('danil'):
       _, metrics = compiled[v](_copy(state),
-                               correct if v.endswith('_correct') else batch)
+                               _inputs(v, batch, correct, eighth))
       checks[v] = {k: float(x) for k, x in metrics.items()}
   if torch_steps is not None:
     torch_inputs = torch_steps.inputs(batch['image'], batch['label'])
@@ -225,16 +251,17 @@ def run_model(name, size, batch_size, args):
   print('  checks: ' + json.dumps(checks), flush=True)
   for rep in range(args.reps + 1):  # rep 0 is a warm-up
     for v in variants:
-      inputs = correct if v.endswith('_correct') else batch
+      inputs = _inputs(v, batch, correct, eighth)
       state_copy = _copy(state)
       start = time.perf_counter()
       _, metrics = jax.block_until_ready(compiled[v](state_copy, inputs))
       if rep:
         result['variants'][v]['ms'].append(
             (time.perf_counter() - start) * 1e3)
-        if 'skipped' in metrics:  # which branch each timed call took
-          result['variants'][v].setdefault('skipped', []).append(
-              float(metrics['skipped']))
+        for key in ('skipped', 'bucket'):  # which branch each call took
+          if key in metrics:
+            result['variants'][v].setdefault(key, []).append(
+                float(metrics[key]))
     if torch_steps is not None:
       for v in result['torch']:
         elapsed = torch_steps.time_ms(v, *torch_inputs)
@@ -293,6 +320,13 @@ def format_table(results) -> str:
     if skips:
       lines.append(f"{'':14s} skipped, per timed call: " + ', '.join(
           f"{v} {[int(x) for x in s]}" for v, s in skips.items()))
+    buckets = {v: e['bucket'] for v, e in r['variants'].items()
+               if 'bucket' in e}
+    if buckets:
+      lines.append(f"{'':14s} bucket (images double-backpropagated), per "
+                   'timed call: ' + ', '.join(
+                       f'{v} {[int(x) for x in b]}' for v, b in
+                       buckets.items()))
   return '\n'.join(lines)
 
 

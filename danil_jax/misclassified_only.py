@@ -6,8 +6,8 @@ A+ - A- (Eq. 2) is an input VJP through the train-mode forward, whose
 BatchNorm statistics couple the images of the batch: the maps, and the
 double backprop through them, need the whole batch.
 
-This mode (`config.danil.misclassified_only`, `steps.train_step(
-misclassified_only=True)`) takes each image's maps with the BatchNorm
+This mode (`steps.train_step(misclassified_only=True)`; the trainer does
+not pass a config key for it yet) takes each image's maps with the BatchNorm
 statistics held constant, the running ones (an eval-mode forward: Eq. 2 for
 one image x0, no dropout), so the maps are per image and only the
 misclassified images need them. Those are gathered into the smallest of a
