@@ -2,7 +2,7 @@
 
   python benchmarks/train_throughput.py                        # demo + CRC-MSI
   python benchmarks/train_throughput.py --data=crc_msi --model=resnet50 \
-      --batch=8 --steps=3 --workers=0,2
+      --batch=8 --steps=3 --workers=0,1,2 --train_workers=2
 
 For each data source and grain worker count, after warm-up (compilation and
 the first batches, so worker start-up is excluded):
@@ -94,34 +94,46 @@ def _time_loader(iterator, batches, warmup):
   return time.perf_counter() - start
 
 
-def measure(source, size, num_classes, *, model_name, dtype, batch_size,
-            steps_count, workers, warmup=2):
+class Trainer:
+  """The model, its train state and the jitted Base and DANIL steps for one
+  source, compiled once for every worker count."""
+
+  def __init__(self, size, num_classes, *, model_name, dtype):
+    info = models.info(model_name)
+    self.pre = input_pipeline.Preprocessing(size=size, mean=info.mean,
+                                            std=info.std)
+    self.mesh = sharding.make_mesh()
+    model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
+    variables = model.init(jax.random.PRNGKey(0),
+                           jnp.zeros((1, size, size, 3)), train=False)
+    self.state = steps.create_train_state(
+        model, variables, optax.sgd(0.01, momentum=0.9),
+        jax.random.PRNGKey(1))
+    self.steps = {method: jax.jit(functools.partial(
+        steps.train_step, method=method, lam=LAM, eps=EPS), donate_argnums=0)
+                  for method in ('base', 'danil')}
+
+
+def measure(source, trainer, *, batch_size, steps_count, workers,
+            pipeline_only=False, warmup=2):
   """{column: images/s} for one source and worker count."""
-  info = models.info(model_name)
-  pre = input_pipeline.Preprocessing(size=size, mean=info.mean, std=info.std)
-  mesh = sharding.make_mesh()
-  model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
-  variables = model.init(jax.random.PRNGKey(0),
-                         jnp.zeros((1, size, size, 3)), train=False)
-  tx = optax.sgd(0.01, momentum=0.9)
-  state0 = steps.create_train_state(model, variables, tx,
-                                    jax.random.PRNGKey(1))
   out = {}
 
   def loader():
     return iter(input_pipeline.train_loader(
-        source, global_batch_size=batch_size, pre=pre, seed=0,
+        source, global_batch_size=batch_size, pre=trainer.pre, seed=0,
         num_workers=workers))
 
   out['pipeline'] = _rate(steps_count, batch_size,
                           _time_loader(loader(), steps_count, warmup))
-  for method in ('base', 'danil'):
-    step = jax.jit(functools.partial(steps.train_step, method=method,
-                                     lam=LAM, eps=EPS), donate_argnums=0)
+  if pipeline_only:
+    return out
+  mesh = trainer.mesh
+  for method, step in trainer.steps.items():
     iterator = loader()
     fixed = sharding.global_batch(next(iterator), mesh)
-    state = jax.tree.map(jnp.copy, state0)
-    for _ in range(warmup):  # compiles
+    state = jax.tree.map(jnp.copy, trainer.state)
+    for _ in range(warmup):  # compiles on first use
       state, metrics = step(state, fixed)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -158,15 +170,23 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=10,
                       help='timed batches/steps per column, after warm-up')
   parser.add_argument('--workers', default='0,1,2')
+  parser.add_argument('--train_workers', default='',
+                      help='time the steps only at these worker counts '
+                      '(default: all); the others get the pipeline column')
   args = parser.parse_args(argv)
   flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for name, source, size, classes in _sources(args.data.split(','), tmp):
+      trainer = Trainer(size, classes, model_name=args.model,
+                        dtype=args.dtype)
+      train_workers = ({int(w) for w in args.train_workers.split(',')}
+                       if args.train_workers else None)
       for workers in (int(w) for w in args.workers.split(',')):
-        rates = measure(source, size, classes, model_name=args.model,
-                        dtype=args.dtype, batch_size=args.batch,
-                        steps_count=args.steps, workers=workers)
+        rates = measure(source, trainer, batch_size=args.batch,
+                        steps_count=args.steps, workers=workers,
+                        pipeline_only=(train_workers is not None
+                                       and workers not in train_workers))
         rows.append((f'{name} {size}px', workers, rates))
         print(f'{name} {size}px workers {workers}: ' + ', '.join(
             f'{k} {v:.1f}' for k, v in rates.items()), flush=True)
@@ -176,7 +196,7 @@ def main(argv=None):
   print('|---|---|' + '---|' * len(COLUMNS))
   for data, workers, rates in rows:
     print(f'| {data} | {workers} | ' + ' | '.join(
-        f'{rates[c]:.1f}' for c in COLUMNS) + ' |')
+        f'{rates[c]:.1f}' if c in rates else '-' for c in COLUMNS) + ' |')
 
 
 if __name__ == '__main__':
