@@ -101,11 +101,12 @@ def test_under_vmap_over_an_ensemble_axis():
   values, grads = jax.jit(jax.vmap(jax.value_and_grad(member_loss)))(
       params, x, labels)
   for m in range(members):
-    p = jax.tree.map(lambda a: a[m], params)  # pylint: disable=cell-var-from-loop
+    member = lambda tree, m=m: jax.tree.map(lambda a: a[m], tree)
     want, want_grads = jax.value_and_grad(
-        lambda p_: naive_danil(lambda z: _mlp(p_, z), x[m], labels[m]))(p)
+        lambda p_, m=m: naive_danil(lambda z: _mlp(p_, z), x[m], labels[m]))(
+            member(params))
     _assert_close(values[m], want)
-    _assert_close(jax.tree.map(lambda a: a[m], grads), want_grads)  # pylint: disable=cell-var-from-loop
+    _assert_close(member(grads), want_grads)
 
 
 # ------------------------------------------------- a flax.nnx model with BN
