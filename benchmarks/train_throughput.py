@@ -9,6 +9,8 @@ the first batches, so worker start-up is excluded):
 
   pipeline     images/s of `input_pipeline.train_loader` alone (decode +
                training augmentation + batching), as `train.py` builds it
+  per core     (0 workers) the pipeline's images per CPU-second of the
+               process: one busy core's rate, robust to a loaded machine
   step base    images/s of the compiled Base step on one fixed device batch
   step danil   the same for the DANIL step
   train base   images/s of the loop `train.py` runs: next batch from the
@@ -124,8 +126,14 @@ def measure(source, trainer, *, batch_size, steps_count, workers,
         source, global_batch_size=batch_size, pre=trainer.pre, seed=0,
         num_workers=workers))
 
+  cpu_start = time.process_time()
   out['pipeline'] = _rate(steps_count, batch_size,
                           _time_loader(loader(), steps_count, warmup))
+  if workers == 0:
+    # Images per CPU-second of this process (warm-up included): the rate of
+    # one fully used core, whatever share of the cores the process got.
+    out['per core'] = _rate(steps_count + warmup, batch_size,
+                            time.process_time() - cpu_start)
   if pipeline_only:
     return out
   mesh = trainer.mesh
@@ -156,7 +164,7 @@ def measure(source, trainer, *, batch_size, steps_count, workers,
   return out
 
 
-COLUMNS = ('pipeline', 'step base', 'train base', 'step danil', 'train danil')
+COLUMNS = ('pipeline', 'per core', 'step base', 'train base', 'step danil', 'train danil')
 
 
 def main(argv=None):
