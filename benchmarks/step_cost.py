@@ -21,8 +21,16 @@ rep (so load drift hits every variant alike), times:
                 first; `lax.cond` then finishes a plain step when no sample
                 is misclassified (Ld = 0, Eq. 5), else runs the DANIL step
   danil_skip_correct  the same executable on the all-correct batch
+  danil_mo      the DANIL step with `misclassified_only=True` (per-image maps
+                with running BatchNorm statistics, double backprop over the
+                misclassified images' capacity bucket only)
+  danil_mo_eighth  the same executable on a batch with ceil(B/8) images
+                misclassified (the rest labelled with their predictions)
+  danil_eighth  the exact DANIL step on that batch
   danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
-                instead of `danil_jax.ops`
+                instead of `danil_jax.ops` (a model with conv_rules='stock')
+
+`--conv_rules` sets the rules of every other variant (default 'auto').
 
 and reports the median ms, the ratio to `plain`, the ratio in forward units,
 compile time and XLA temp memory. Every call starts from a copy of the same
@@ -59,10 +67,13 @@ DEFAULTS = {'small_resnet': (64, 16), 'resnet50': (224, 8), 'vgg11': (224, 8),
             'vgg11_bn': (224, 8), 'inception_v4': (299, 8),
             'efficientnet_b0': (224, 8)}
 JAX_VARIANTS = ('forward', 'plain', 'ohem', 'danil', 'danil_2grad',
-                'danil_correct', 'danil_skip', 'danil_skip_correct')
-# Variants that run another variant's executable on the all-correct batch.
+                'danil_correct', 'danil_skip', 'danil_skip_correct',
+                'danil_eighth', 'danil_mo', 'danil_mo_eighth')
+# Variants that run another variant's executable on the all-correct batch
+# or the batch with 1/8 misclassified.
 SAME_EXECUTABLE = {'danil_correct': 'danil',
-                   'danil_skip_correct': 'danil_skip'}
+                   'danil_skip_correct': 'danil_skip',
+                   'danil_eighth': 'danil', 'danil_mo_eighth': 'danil_mo'}
 TORCH_VARIANTS = ('forward', 'plain', 'danil')
 LAM, EPS = 1e-5, 1e-4
 
@@ -108,7 +119,7 @@ def forward_only(state, batch):
   return logits, updates
 
 
-def _step_fns():
+def _step_fns(stock_apply=None):
   step = steps.train_step
   return {
       'forward': (forward_only, False),
@@ -120,21 +131,19 @@ def _step_fns():
                       True),
       'danil_skip': (functools.partial(step, method='danil', lam=LAM,
                                        eps=EPS, skip_correct=True), True),
-      # A distinct function object, so jit's trace cache cannot hand back
-      # the custom-rule trace of 'danil'.
+      'danil_mo': (functools.partial(step, method='danil', lam=LAM, eps=EPS,
+                                     misclassified_only=True), True),
+      # The same weights through a model built with conv_rules='stock'.
       'danil_stock': (lambda s, b: steps.train_step(
-          s, b, method='danil', lam=LAM, eps=EPS), True),
+          s.replace(apply_fn=stock_apply), b, method='danil', lam=LAM,
+          eps=EPS), True),
   }
 
 
-def _compile(fn, donate, state, batch, stock):
+def _compile(fn, donate, state, batch):
   start = time.perf_counter()
   jitted = jax.jit(fn, donate_argnums=(0,) if donate else ())
-  if stock:
-    with ops.stock_rules():
-      compiled = jitted.lower(state, batch).compile()
-  else:
-    compiled = jitted.lower(state, batch).compile()
+  compiled = jitted.lower(state, batch).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   temp = getattr(memory, 'temp_size_in_bytes', None) if memory else None
@@ -145,9 +154,10 @@ def _copy(tree):
   return jax.block_until_ready(jax.tree.map(jnp.copy, tree))
 
 
-def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None):
+def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None,
+              conv_rules='auto'):
   """(train state, batch, batch with every sample correct)."""
-  model = models.create(name, num_classes, dtype=dtype)
+  model = models.create(name, num_classes, dtype=dtype, conv_rules=conv_rules)
   rng = np.random.default_rng(0)
   images = rng.standard_normal((batch_size, size, size, 3), np.float32)
   labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
@@ -170,10 +180,24 @@ def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None):
   return state, batch, correct
 
 
+def one_eighth_misclassified(correct, num_classes):
+  """The all-correct batch with its first ceil(B/8) labels changed."""
+  labels = correct['label']
+  wrong = -(-labels.shape[0] // 8)
+  flipped = labels.at[:wrong].set((labels[:wrong] + 1) % num_classes)
+  return {'image': correct['image'], 'label': flipped}
+
+
+def _inputs(variant, batch, correct, eighth):
+  if variant.endswith('_correct'):
+    return correct
+  return eighth if variant.endswith('_eighth') else batch
+
+
 def run_model(name, size, batch_size, args):
   """Times every variant of one backbone; returns its result dict."""
   result = dict(model=name, size=size, batch=batch_size, dtype=args.dtype,
-                variants={})
+                conv_rules=args.conv_rules, variants={})
   torch_steps = None
   if args.torch and models.info(name).torch_reference:
     import torch  # pylint: disable=g-import-not-at-top
@@ -186,7 +210,9 @@ def run_model(name, size, batch_size, args):
         autocast_dtype=(torch.bfloat16 if args.dtype == 'bfloat16' else None))
   state, batch, correct = setup_jax(
       name, size, batch_size, args.num_classes, jnp.dtype(args.dtype),
-      torch_model=torch_steps.model if torch_steps else None)
+      torch_model=torch_steps.model if torch_steps else None,
+      conv_rules=args.conv_rules)
+  eighth = one_eighth_misclassified(correct, args.num_classes)
   # forward and plain are the units of the ratios: always timed.
   variants = [v for v in JAX_VARIANTS
               if v in args.variants.split(',') + ['forward', 'plain']]
@@ -194,7 +220,9 @@ def run_model(name, size, batch_size, args):
   for v, owner in SAME_EXECUTABLE.items():
     if v in variants and owner not in variants:
       variants.insert(variants.index(v), owner)
-  fns = _step_fns()
+  fns = _step_fns(models.create(name, args.num_classes,
+                                dtype=jnp.dtype(args.dtype),
+                                conv_rules='stock').apply)
   compiled = {}
   for v in variants:
     if v in SAME_EXECUTABLE:
@@ -203,8 +231,7 @@ def run_model(name, size, batch_size, args):
           result['variants'][SAME_EXECUTABLE[v]], ms=[])
       continue
     fn, donate = fns[v]
-    compiled[v], seconds, temp = _compile(fn, donate, state, batch,
-                                          v == 'danil_stock')
+    compiled[v], seconds, temp = _compile(fn, donate, state, batch)
     result['variants'][v] = dict(compile_s=seconds, temp_bytes=temp, ms=[])
     print(f'  compiled {name}/{v}: {seconds:.1f} s', flush=True)
   # Sanity: the variants compute the same DANIL loss; the correct batch has
@@ -213,7 +240,7 @@ def run_model(name, size, batch_size, args):
   for v in variants:
     if v.startswith('danil'):
       _, metrics = compiled[v](_copy(state),
-                               correct if v.endswith('_correct') else batch)
+                               _inputs(v, batch, correct, eighth))
       checks[v] = {k: float(x) for k, x in metrics.items()}
   if torch_steps is not None:
     torch_inputs = torch_steps.inputs(batch['image'], batch['label'])
@@ -224,16 +251,17 @@ def run_model(name, size, batch_size, args):
   print('  checks: ' + json.dumps(checks), flush=True)
   for rep in range(args.reps + 1):  # rep 0 is a warm-up
     for v in variants:
-      inputs = correct if v.endswith('_correct') else batch
+      inputs = _inputs(v, batch, correct, eighth)
       state_copy = _copy(state)
       start = time.perf_counter()
       _, metrics = jax.block_until_ready(compiled[v](state_copy, inputs))
       if rep:
         result['variants'][v]['ms'].append(
             (time.perf_counter() - start) * 1e3)
-        if 'skipped' in metrics:  # which branch each timed call took
-          result['variants'][v].setdefault('skipped', []).append(
-              float(metrics['skipped']))
+        for key in ('skipped', 'bucket'):  # which branch each call took
+          if key in metrics:
+            result['variants'][v].setdefault(key, []).append(
+                float(metrics[key]))
     if torch_steps is not None:
       for v in result['torch']:
         elapsed = torch_steps.time_ms(v, *torch_inputs)
@@ -292,6 +320,13 @@ def format_table(results) -> str:
     if skips:
       lines.append(f"{'':14s} skipped, per timed call: " + ', '.join(
           f"{v} {[int(x) for x in s]}" for v, s in skips.items()))
+    buckets = {v: e['bucket'] for v, e in r['variants'].items()
+               if 'bucket' in e}
+    if buckets:
+      lines.append(f"{'':14s} bucket (images double-backpropagated), per "
+                   'timed call: ' + ', '.join(
+                       f'{v} {[int(x) for x in b]}' for v, b in
+                       buckets.items()))
   return '\n'.join(lines)
 
 
@@ -328,6 +363,9 @@ def main(argv=None):
                       "a GPU, else 'cpu'); bfloat16 runs under autocast")
   parser.add_argument('--stock', action='store_true',
                       help='also time DANIL with the stock lax conv/pool rules')
+  parser.add_argument('--conv_rules', default='auto',
+                      choices=ops.CONV_RULES,
+                      help='the rules of every variant but danil_stock')
   parser.add_argument('--json', default=None, help='write results here')
   args = parser.parse_args(argv)
   if args.torch_device is None:

@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pretrained = ''
   # Compute dtype of the backbone; parameters stay float32.
   config.model.dtype = 'float32'
+  # Conv/max-pool differentiation rules (danil_jax.ops): 'auto' (the ones
+  # measured faster on this backend: custom on CPU and GPU, stock elsewhere),
+  # 'custom' or 'stock' (needed for forward-mode jax.jvp/jacfwd).
+  config.model.conv_rules = 'auto'
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = ''

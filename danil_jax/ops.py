@@ -22,6 +22,17 @@ JAX's stock rules make that second pass slow on CPU:
   branches (`steps.train_step(skip_correct=True)`). Every undilated NHWC
   conv takes the custom rule (stride 1 too) for that reason.
 
+The CPU remedies (polyphase and space-to-depth input gradients, unfolded
+weight gradients, materialised transposes) apply on the CPU only, where
+they were measured; elsewhere the custom rules are the form measured on the
+H200 (interior-pad input gradient, conv-form weight gradients), without the
+materialised transposes (a CPU remedy that cost memory there).
+
+Which rules a model traces with is its `conv_rules` attribute
+(`config.model.conv_rules`, `models.create(..., conv_rules=...)`): 'auto'
+(the measured-faster choice per backend, `resolve_rules`), 'custom' or
+'stock'.
+
 Both are `jax.custom_vjp` functions whose forward passes call the stock lax ops
 (identical values) and whose backward passes are ordinary differentiable JAX
 ops, so any order of reverse-mode differentiation works. The `fwd` rules call
@@ -30,6 +41,7 @@ double backprop) sees the custom rule at every level, not the stock one.
 """
 
 import contextlib
+import contextvars
 import functools
 from typing import Sequence
 
@@ -43,21 +55,76 @@ from danil_jax import weight_grads
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-_STOCK = False
+# config.model.conv_rules: 'custom' (the rules here), 'stock' (JAX's) or
+# 'auto', what benchmarks/README.md measured fastest on this backend.
+CONV_RULES = ('auto', 'custom', 'stock')
+# Backends whose DANIL step was measured faster with the custom rules: this
+# CPU (resnet50 224/b8: 9.3 s stock vs 4.4 s, issue 14) and the H200 (2.92x
+# vs 2.38x plain in fp32, 4.75x vs 2.31x in bf16). Never measured (TPU, and
+# any other): 'stock'.
+_CUSTOM_MEASURED_FASTER = ('cpu', 'gpu')
+
+FORWARD_MODE_HINT = (
+    "danil_jax's conv/max-pool rules are jax.custom_vjp functions, which have "
+    'no forward-mode derivative (jax.jvp, jax.jacfwd, jax.linearize, '
+    "jax.hessian). Build the model with conv_rules='stock' "
+    "(models.create(..., conv_rules='stock'), config.model.conv_rules) for "
+    'forward-mode differentiation.')
+
+# The rules that `conv_general_dilated` and `max_pool` take while tracing;
+# set by a model's `__call__` (`with_model_rules`) from its own attribute,
+# so each traced model uses its own choice.
+_RULES = contextvars.ContextVar('danil_jax_conv_rules', default='auto')
+
+
+def resolve_rules(conv_rules: str, backend: str | None = None) -> str:
+  """'custom' or 'stock' for `conv_rules` on `backend` (default: JAX's)."""
+  if conv_rules not in CONV_RULES:
+    raise ValueError(f'conv_rules (config.model.conv_rules) must be one of '
+                     f'{CONV_RULES}, got {conv_rules!r}')
+  if conv_rules != 'auto':
+    return conv_rules
+  backend = backend or jax.default_backend()
+  return 'custom' if backend in _CUSTOM_MEASURED_FASTER else 'stock'
 
 
 @contextlib.contextmanager
-def stock_rules():
-  """Within this context (at trace time) both ops use the stock lax rules.
-
-  For the benchmark's before/after comparison only.
-  """
-  global _STOCK
-  previous, _STOCK = _STOCK, True
+def rules(conv_rules: str):
+  """Within this context, at trace time, both ops take `conv_rules`."""
+  token = _RULES.set(resolve_rules(conv_rules))
   try:
     yield
   finally:
-    _STOCK = previous
+    _RULES.reset(token)
+
+
+def stock_rules():
+  """`rules('stock')`."""
+  return rules('stock')
+
+
+def _custom() -> bool:
+  return resolve_rules(_RULES.get()) == 'custom'
+
+
+def with_model_rules(call):
+  """Decorates a model's `__call__` (below `nn.compact`): the convs and
+  max-pools it traces take the rules of its `conv_rules` attribute, and
+  forward-mode differentiation through the custom rules raises a TypeError
+  that says to use 'stock'."""
+
+  @functools.wraps(call)
+  def wrapped(self, *args, **kwargs):
+    try:
+      with rules(self.conv_rules):
+        return call(self, *args, **kwargs)
+    except TypeError as error:
+      if 'forward-mode' in str(error) and 'custom_vjp' in str(error):
+        raise TypeError(f'{type(self).__name__}(conv_rules='
+                        f'{self.conv_rules!r}): {FORWARD_MODE_HINT}') from error
+      raise
+
+  return wrapped
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -81,7 +148,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides = tuple(window_strides)
   plain = (lhs_dilation is None or all(d == 1 for d in lhs_dilation)) and (
       rhs_dilation is None or all(d == 1 for d in rhs_dilation))
-  if (not _STOCK and lhs.ndim == 4 and plain and _is_nhwc(dimension_numbers)
+  if (_custom() and lhs.ndim == 4 and plain and _is_nhwc(dimension_numbers)
       and batch_group_count == 1 and preferred_element_type is None):
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides,
@@ -138,11 +205,17 @@ def conv_input_grad(g, w, input_hw, strides, pads, groups=1, precision=None):
   multiply-adds, where the stock rule (an lhs-dilated conv) and an interior
   pad of `g` pay s*s times as many on the zeros; the derivatives of a
   stride-1 conv and an interleave are again stride-1 convs and slices.
+
+  Off the CPU, strided convs keep the form measured on the H200 (issue 5's
+  first version): `g` dilated by an interior pad, then one stride-1 full
+  correlation; the polyphase form has not run on a GPU.
   """
-  if all(s == 1 for s in strides):
+  if all(s == 1 for s in strides) or not weight_grads.cpu_rules():
+    # Per axis: low = K-1-pl, high = N + pl - 1 - (M-1)s (negative crops).
     config = [(0, 0, 0)]
-    for n, k, (pl, _), m in zip(input_hw, w.shape[:2], pads, g.shape[1:3]):
-      config.append((k - 1 - pl, n + pl - m, 0))
+    for n, k, s, (pl, _), m in zip(input_hw, w.shape[:2], strides, pads,
+                                   g.shape[1:3]):
+      config.append((k - 1 - pl, n + pl - 1 - (m - 1) * s, s - 1))
     config.append((0, 0, 0))
     return _full_correlation(lax.pad(g, jnp.zeros((), g.dtype), config), w,
                              groups, precision)
@@ -269,7 +342,7 @@ def _pad_neg_inf(x, pads):
 def max_pool(x, window: Sequence[int], strides: Sequence[int], pads):
   """NHWC max pool with -inf padding; values equal to `flax.linen.max_pool`."""
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  if _STOCK:
+  if not _custom():
     return _reduce_window_max(x, tuple(window), tuple(strides), pads)
   return _max_pool(x, tuple(window), tuple(strides), pads, x.shape[1:3])
 

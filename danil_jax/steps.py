@@ -14,6 +14,7 @@ import optax
 from flax.training import train_state
 
 from danil_jax import losses
+from danil_jax import misclassified_only as misclassified_only_lib
 
 METHODS = ('base', 'ohem', 'danil')
 
@@ -65,6 +66,12 @@ def _forward_fn(state: TrainState, params, rng) -> Callable:
   return logits_fn
 
 
+def _eval_logits_fn(state: TrainState) -> Callable:
+  """(params, x) -> logits with the running BatchNorm statistics."""
+  return lambda params, x: state.apply_fn(
+      {'params': params, 'batch_stats': state.batch_stats}, x, train=False)
+
+
 def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
           keep_ratio: float):
   """Returns (loss, (aux, batch_stats updates)) for one method."""
@@ -90,7 +97,7 @@ def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
 
 def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
                eps: float = 1e-4, keep_ratio: float = 0.7,
-               skip_correct: bool = False):
+               skip_correct: bool = False, misclassified_only: bool = False):
   """One SGD step; returns the new state and scalar metrics.
 
   `skip_correct` (DANIL only): when no sample of the global batch is
@@ -104,7 +111,13 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
                               method=method, lam=lam, eps=eps,
                               keep_ratio=keep_ratio)
-  if method == 'danil' and skip_correct:
+  if method == 'danil' and misclassified_only:
+    # Opt-in: per-image maps with running BatchNorm statistics, double
+    # backprop over the misclassified images only (misclassified_only.py).
+    (loss, (aux, model_updates)), grads = misclassified_only_lib.value_and_grad(
+        functools.partial(loss_fn, method='base'), _eval_logits_fn(state),
+        state.params, batch, lam=lam, eps=eps)
+  elif method == 'danil' and skip_correct:
     (loss, (aux, model_updates)), grads = _value_and_grad_skipping_correct(
         loss_fn, functools.partial(loss_fn, method='base'), state.params)
   else:
@@ -119,6 +132,8 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
       grad_norm=optax.tree.norm(grads))
   if 'skipped' in aux:  # 1 where skip_correct took the plain gradient
     metrics['skipped'] = aux['skipped']
+  if 'bucket' in aux:  # misclassified_only: images double-backpropagated
+    metrics['bucket'] = aux['bucket']
   return new_state, metrics
 
 

@@ -89,7 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # ----------------------------------------------- model and optimiser --
   model = models.create(config.model.name, config.dataset.num_classes,
-                        dtype=jnp.dtype(config.model.dtype))
+                        dtype=jnp.dtype(config.model.dtype), conv_rules=config.model.conv_rules)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy = jnp.zeros((1, pre.size, pre.size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False),

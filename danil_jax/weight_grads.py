@@ -29,9 +29,8 @@ _UNFOLD_MAX_ELEMENTS = 2 ** 26
 # (an A/B of its plain step: 150 ms with them as convs, 160 ms unfolding the
 # 32s too, 225 ms unfolding all; resnet50 has none).
 _CONV_FORM_CHANNELS = (13, 63)
-# On GPUs the conv form stays (cuDNN), with one product per offset for 1x1
-# kernels and inputs of at most this many channels.
-_FEW_CHANNELS = 4
+# Off the CPU every weight gradient is the conv form, as measured on the
+# H200 (the per-offset products and the unfolding never ran there).
 
 
 def cpu_rules() -> bool:
@@ -64,14 +63,13 @@ def weight_grad_form(x_shape, g_shape, kernel_hw, strides) -> str:
     for stride 1, as it is unfolded on the input grid); 'products' past
     `_UNFOLD_MAX_ELEMENTS`; 'conv' for 3x3-type kernels in the channel
     range of `_CONV_FORM_CHANNELS`.
-  * Elsewhere: 'products' for 1x1 kernels and few input channels, else a
-    canonical NHWC/HWIO conv of transposed operands.
+  * Elsewhere: 'conv', a canonical NHWC/HWIO conv of transposed operands.
   """
   kh, kw = kernel_hw
   n, (m1, m2), cin, cout = x_shape[0], g_shape[1:3], x_shape[-1], g_shape[-1]
   one_by_one = (kh, kw) == (1, 1)
   if not cpu_rules():
-    return 'products' if one_by_one or cin <= _FEW_CHANNELS else 'conv'
+    return 'conv'
   low, high = _CONV_FORM_CHANNELS
   if not one_by_one and low <= min(cin, cout) <= high:
     return 'conv'
@@ -86,7 +84,9 @@ def materialised(x):
   # Materialise a transposed operand: XLA would fold the transpose into the
   # conv's dimension numbers, a layout its CPU backend runs on a slow generic
   # loop inside `lax.cond` branches (it re-canonicalises only elsewhere).
-  return lax.optimization_barrier(x)
+  # A CPU remedy: on the H200 the copies cost memory (DANIL temp 3.00x plain
+  # vs 2.52x with the stock rules), so other backends leave XLA the choice.
+  return lax.optimization_barrier(x) if cpu_rules() else x
 
 
 def _contract_rows(a, b, precision):

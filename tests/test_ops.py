@@ -224,3 +224,101 @@ def test_danil_gradient_of_a_model_equals_stock_rules():
   np.testing.assert_allclose(value, value_ref, rtol=1e-5)
   np.testing.assert_allclose(ld, ld_ref, rtol=1e-4)
   _assert_trees_close(grads, grads_ref, rtol=1e-4)
+
+
+# ------------------------------------------- the switch (issue 14, item 1)
+
+
+class _TinyRulesNet(nn.Module):
+  """`_TinyImageNetNet` as a model with a `conv_rules` attribute."""
+  conv_rules: str = 'auto'
+
+  @nn.compact
+  @ops.with_model_rules
+  def __call__(self, x, *, train):
+    return _TinyImageNetNet(name='net')(x, train=train)
+
+
+def _danil_value_and_grad(model, variables, x, labels):
+  def loss(params):
+    fn = lambda x_: model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x_,
+        train=True, mutable=['batch_stats'])
+    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True)
+    return value, aux['distance']
+
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+
+
+def test_conv_rules_stock_and_custom_give_the_same_danil_gradient():
+  """The model attribute picks the rules; values, maps and the double
+  backprop's parameter gradient agree."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 32, 32, 3))
+  labels = jnp.arange(6) % 3
+  custom, stock = _TinyRulesNet('custom'), _TinyRulesNet('stock')
+  variables = custom.init(jax.random.PRNGKey(1), x, train=False)
+  (value, distance), grads = _danil_value_and_grad(custom, variables, x,
+                                                   labels)
+  (value_ref, distance_ref), grads_ref = _danil_value_and_grad(
+      stock, variables, x, labels)
+  assert float(jnp.max(distance_ref)) > 0
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+  np.testing.assert_allclose(distance, distance_ref, rtol=1e-4)
+  _assert_trees_close(grads, grads_ref, rtol=1e-4)
+
+
+def _input_grad_jaxpr(model, x):
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x,
+                                                train=False))
+  variables = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), variables)
+  f = lambda x_: jnp.sum(model.apply(variables, x_, train=False))
+  return str(jax.make_jaxpr(jax.grad(f))(x))
+
+
+@pytest.mark.parametrize('name,size', [('small_resnet', 16), ('resnet50', 32),
+                                       ('vgg11_bn', 32)])
+def test_conv_rules_change_the_traced_rules_of_each_model(name, size):
+  from danil_jax import models  # pylint: disable=g-import-not-at-top
+  x = jnp.zeros((1, size, size, 3))
+  jaxprs = {rules: _input_grad_jaxpr(models.create(name, 3,
+                                                   conv_rules=rules), x)
+            for rules in ops.CONV_RULES}
+  assert 'custom_vjp' in jaxprs['custom']
+  assert 'custom_vjp' not in jaxprs['stock']
+  # This test runs on the CPU, where 'auto' measured the custom rules faster.
+  assert jaxprs['auto'] == jaxprs['custom']
+  # The model's own attribute wins over an enclosing context: a compiled
+  # step follows its model, not a global flag.
+  with ops.rules('stock'):
+    assert 'custom_vjp' in _input_grad_jaxpr(
+        models.create(name, 3, conv_rules='custom'), x)
+
+
+def test_auto_rules_per_backend_and_bad_values():
+  from danil_jax import models  # pylint: disable=g-import-not-at-top
+  assert ops.resolve_rules('auto', 'cpu') == 'custom'
+  assert ops.resolve_rules('auto', 'gpu') == 'custom'
+  assert ops.resolve_rules('auto', 'tpu') == 'stock'  # never measured
+  assert ops.resolve_rules('stock', 'cpu') == 'stock'
+  with pytest.raises(ValueError, match="conv_rules.*'fast'"):
+    models.create('small_resnet', 3, conv_rules='fast')
+
+
+def test_forward_mode_points_at_stock_rules():
+  """jax.jvp through the custom rules raises a TypeError naming 'stock';
+  with 'stock' it works and agrees with the custom model's VJP
+  (<u, J t> = <J^T u, t>)."""
+  from danil_jax import models  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  t = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  custom = models.create('small_resnet', 3, widths=(4, 8, 8),
+                         conv_rules='custom')
+  stock = custom.clone(conv_rules='stock')
+  variables = custom.init(jax.random.PRNGKey(2), x, train=False)
+  apply = lambda model: lambda x_: model.apply(variables, x_, train=False)
+  with pytest.raises(TypeError, match="conv_rules='stock'"):
+    jax.jvp(apply(custom), (x,), (t,))
+  _, jt = jax.jvp(apply(stock), (x,), (t,))
+  u = jax.random.normal(jax.random.PRNGKey(3), jt.shape)
+  (jtu,) = jax.vjp(apply(custom), x)[1](u)
+  np.testing.assert_allclose(jnp.vdot(u, jt), jnp.vdot(jtu, t), rtol=1e-4)

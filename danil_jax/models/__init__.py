@@ -10,6 +10,7 @@ from typing import Callable
 
 import flax.linen as nn
 
+from danil_jax import ops
 from danil_jax.models import small_resnet
 from danil_jax.models import efficientnet
 from danil_jax.models import inception_v4
@@ -58,9 +59,17 @@ def info(name: str) -> ModelInfo:
         f'unknown model {name!r}; expected one of {names()}') from None
 
 
-def create(name: str, num_classes: int, **kw) -> nn.Module:
-  """Builds model `name` with a `num_classes`-way classifier head."""
-  return info(name).build(num_classes=num_classes, **kw)
+def create(name: str, num_classes: int, *, conv_rules: str = 'auto',
+           **kw) -> nn.Module:
+  """Builds model `name` with a `num_classes`-way classifier head.
+
+  `conv_rules` ('auto', 'custom' or 'stock', `danil_jax.ops`) picks the
+  conv/max-pool differentiation rules the model traces with; 'stock' is the
+  one that supports forward-mode differentiation (`jax.jvp`, `jacfwd`).
+  """
+  ops.resolve_rules(conv_rules)  # a bad value fails here, naming the key
+  return info(name).build(num_classes=num_classes, **kw).clone(
+      conv_rules=conv_rules)
 
 
 register(ModelInfo(

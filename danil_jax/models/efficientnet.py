@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from danil_jax import ops
 from danil_jax.models import layers
 
 # (block type, repeats, kernel, stride, expansion, out channels) per stage,
@@ -144,8 +145,11 @@ class EfficientNetB0(nn.Module):
   num_classes: int = 1000
   drop_rate: float = 0.2
   dtype: Any = jnp.float32
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  conv_rules: str = 'auto'
 
   @nn.compact
+  @ops.with_model_rules
   def __call__(self, x, *, train: bool):
     d = self.dtype
     x = layers.conv(32, 3, 2, 1, dtype=d, name='conv_stem')(x.astype(d))

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from danil_jax import ops
 from danil_jax.models import layers
 
 BN_EPS = 1e-3
@@ -204,8 +205,11 @@ class InceptionV4(nn.Module):
   num_classes: int = 1000
   drop_rate: float = 0.2
   dtype: Any = jnp.float32
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  conv_rules: str = 'auto'
 
   @nn.compact
+  @ops.with_model_rules
   def __call__(self, x, *, train: bool):
     x = Features(dtype=self.dtype, name='features')(
         x.astype(self.dtype), train=train)

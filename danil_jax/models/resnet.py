@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from danil_jax import ops
 from danil_jax.models import layers
 
 
@@ -71,8 +72,11 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   dtype: Any = jnp.float32
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  conv_rules: str = 'auto'
 
   @nn.compact
+  @ops.with_model_rules
   def __call__(self, x, *, train: bool):
     x = x.astype(self.dtype)
     x = layers.conv(64, 7, 2, 3, dtype=self.dtype, name='conv1')(x)

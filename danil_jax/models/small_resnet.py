@@ -45,8 +45,11 @@ class SmallResNet(nn.Module):
   widths: Sequence[int] = (16, 32, 64)
   blocks_per_stage: int = 1
   dtype: Any = jnp.float32
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  conv_rules: str = 'auto'
 
   @nn.compact
+  @ops.with_model_rules
   def __call__(self, x, *, train: bool):
     x = x.astype(self.dtype)
     x = nn.Conv(self.widths[0], (3, 3), padding=[(1, 1)] * 2, use_bias=False,

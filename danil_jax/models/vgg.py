@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from danil_jax import ops
 from danil_jax.models import layers
 
 # torchvision's configuration 'A' (VGG-11): conv widths and 'M' max pools.
@@ -67,8 +68,11 @@ class VGG(nn.Module):
   batch_norm: bool = False
   drop_rate: float = 0.5
   dtype: Any = jnp.float32
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  conv_rules: str = 'auto'
 
   @nn.compact
+  @ops.with_model_rules
   def __call__(self, x, *, train: bool):
     x = x.astype(self.dtype)
     x = Features(self.cfg, self.batch_norm, dtype=self.dtype,

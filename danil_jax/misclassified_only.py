@@ -1,0 +1,109 @@
+"""DANIL's double backprop over the misclassified images only (opt-in).
+
+Ld (Eq. 5) is zero for a correctly classified image, and late in training
+most are. In the exact loss (`losses.danil_loss`) every image's map
+A+ - A- (Eq. 2) is an input VJP through the train-mode forward, whose
+BatchNorm statistics couple the images of the batch: the maps, and the
+double backprop through them, need the whole batch.
+
+This mode (`steps.train_step(misclassified_only=True)`; the trainer does
+not pass a config key for it yet) takes each image's maps with the BatchNorm
+statistics held constant, the running ones (an eval-mode forward: Eq. 2 for
+one image x0, no dropout), so the maps are per image and only the
+misclassified images need them. Those are gathered into the smallest of a
+few static capacity buckets (B/8, B/4, B/2, B) that holds them all, chosen
+with `lax.switch` from the count (none: no double backprop at all), and the
+input VJP and its reverse run over that bucket only. The cross-entropy L+c
+(Eq. 3) and the BatchNorm updates come from the usual train-mode forward.
+
+Running statistics rather than the batch's under stop-gradient: they need
+no batch to take the map of one image (the batch's statistics would couple
+the misclassified subset to the images left out, and a gathered subset has
+other statistics than the batch), and they are what the model is evaluated
+with. Early in training they lag the batch's, so this mode is meant for the
+late phase, when few images are misclassified; the exact batch-coupled loss
+stays the default.
+"""
+
+import math
+from typing import Callable
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+# Bucket capacities as fractions of the batch.
+BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1)
+
+
+def capacities(batch_size: int) -> list[int]:
+  """The distinct bucket sizes for `batch_size`, ascending."""
+  return sorted({max(1, math.ceil(f * batch_size)) for f in BUCKET_FRACTIONS})
+
+
+def distraction_value_and_grad(logits_fn: Callable, params, x, labels, pred,
+                               *, eps: float):
+  """(Ld, dLd/dparams, bucket) over the images with pred != labels.
+
+  Ld = (1/B) sum_{i: pred_i != y_i} 1 / (||A+_i - A-_i||^2 + eps) (Eq. 5,
+  batch mean with correct images contributing 0), each map the input VJP of
+  `logits_fn(params, x_i)` for image i alone (`logits_fn` must not couple
+  the images of a batch, e.g. BatchNorm with fixed statistics). `pred` is
+  the pseudo label y- (Eq. 4). `bucket` is the capacity used (0: none).
+  """
+  batch = x.shape[0]
+  misclassified = pred != labels
+  count = jnp.sum(misclassified.astype(jnp.int32))
+  sizes = capacities(batch)
+
+  def bucket(capacity):
+    def run(_):
+      (index,) = jnp.nonzero(misclassified, size=capacity, fill_value=0)
+      valid = jnp.arange(capacity) < count
+
+      def ld(p):
+        logits, input_vjp = jax.vjp(lambda z: logits_fn(p, z), x[index])
+        k = logits.shape[-1]
+        cotangent = (jax.nn.one_hot(pred[index], k, dtype=logits.dtype)
+                     - jax.nn.one_hot(labels[index], k, dtype=logits.dtype))
+        (difference,) = input_vjp(cotangent * valid[:, None])
+        difference = difference.astype(
+            jnp.promote_types(difference.dtype, jnp.float32))
+        distance = jnp.sum(jnp.square(difference),
+                           axis=tuple(range(1, difference.ndim)))
+        return jnp.sum(jnp.where(valid, 1.0 / (distance + eps), 0.0)) / batch
+
+      value, grads = jax.value_and_grad(ld)(params)
+      return value, grads, jnp.int32(capacity)
+    return run
+
+  def none(_):
+    # The maps have x's dtype, their norms at least float32.
+    return (jnp.zeros((), jnp.promote_types(x.dtype, jnp.float32)),
+            jax.tree.map(jnp.zeros_like, params),
+            jnp.int32(0))
+
+  # 0 -> none; else the first capacity >= count.
+  branch = jnp.searchsorted(jnp.asarray([0] + sizes), count)
+  return lax.switch(branch, [none] + [bucket(c) for c in sizes], None)
+
+
+def value_and_grad(plain_loss_fn: Callable, logits_fn: Callable, params,
+                   batch, *, lam: float, eps: float):
+  """`jax.value_and_grad` of L+c + lam * Ld (Eq. 6) in this mode.
+
+  `plain_loss_fn(params) -> (L+c, (aux, model_updates))` is the train-mode
+  cross-entropy loss (aux holding `logits`); `logits_fn(params, x)` the
+  fixed-statistics forward of the maps. Returns what `value_and_grad(...,
+  has_aux=True)` would, with aux's `distraction` set to Ld and `bucket` to
+  the capacity that ran.
+  """
+  (ce, (aux, updates)), grads = jax.value_and_grad(
+      plain_loss_fn, has_aux=True)(params)
+  pred = lax.stop_gradient(jnp.argmax(aux['logits'], -1))
+  ld, ld_grads, capacity = distraction_value_and_grad(
+      logits_fn, params, batch['image'], batch['label'], pred, eps=eps)
+  grads = jax.tree.map(lambda g, d: g + lam * d.astype(g.dtype), grads,
+                       ld_grads)
+  aux = dict(aux, distraction=ld, bucket=capacity)
+  return (ce + lam * ld, (aux, updates)), grads
