@@ -89,6 +89,12 @@ def make_batches(seed):
           for _ in range(NUM_STEPS)]
 
 
+def init(model, images):
+  # Jitted as train.py does: eager init costs seconds.
+  return jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), images)
+
+
 # ------------------------------------------------------- the reference --
 
 
@@ -244,8 +250,7 @@ def test_trainer_equals_the_reference_training_loop(method, optimiser,
   build, forward = MODELS[model_name]
   model = build()
   batches = make_batches(seed=1)
-  variables = model.init(jax.random.PRNGKey(0), batches[0]['image'],
-                         train=False)
+  variables = init(model, batches[0]['image'])
   state, losses = trainer_training(model, variables, batches, config)
   want = reference_training(variables, batches, config, forward)
 
@@ -272,7 +277,7 @@ def test_distraction_gradient_share_equals_two_separate_gradients():
   build, forward = MODELS['small_resnet']
   model = build()
   batch = make_batches(seed=2)[0]
-  variables = model.init(jax.random.PRNGKey(0), batch['image'], train=False)
+  variables = init(model, batch['image'])
   tx = steps.make_optimizer(config.optim, STEPS_PER_EPOCH, NUM_EPOCHS)
   state = steps.create_train_state(model, variables, tx,
                                    jax.random.PRNGKey(config.seed))
