@@ -61,7 +61,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.max_steps != -1:
     _positive_int(config, 'max_steps')
   learning_rate = config.optim.learning_rate
-  if not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
+  if not isinstance(learning_rate, (int, float)) or not (
+      0 < learning_rate < float('inf')):
     raise ConfigError('config.optim.learning_rate must be a positive number, '
                       f'got {learning_rate!r}')
   for key in ('optim.momentum', 'optim.weight_decay', 'optim.warmup_epochs',
