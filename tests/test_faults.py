@@ -411,6 +411,24 @@ def test_truncated_last_metrics_line_is_dropped_and_the_run_resumes(
   assert train_steps(workdir) == list(range(1, TOTAL_STEPS + 1))
 
 
+def test_metrics_log_drops_only_a_torn_last_line(tmp_path):
+  from danil_jax import run_log
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+                  '{"step": 3, "lo')
+  log = run_log.MetricsLog(str(tmp_path))
+  assert log.read() == [{'step': 1, 'loss': 2.0}, {'step': 2, 'loss': 1.5}]
+  log.truncate_after(2)
+  log.write({'step': 3, 'loss': 1.0})
+  assert path.read_text().splitlines() == [
+      '{"step": 1, "loss": 2.0}', '{"step": 2, "loss": 1.5}',
+      '{"step": 3, "loss": 1.0}']
+  # A damaged line followed by whole ones is not a torn write: an error.
+  path.write_text('{"step": 1, "lo\n{"step": 2, "loss": 1.5}\n')
+  with pytest.raises(ValueError, match=r'metrics.jsonl, line 1: not a JSON'):
+    log.read()
+
+
 def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(
     tmp_path, data_dir, first_epoch, reference, capsys):
   workdir = tmp_path / 'run'
