@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 
 from configs import demo
 from danil_jax import checkpointing
@@ -30,6 +31,10 @@ from danil_jax import models
 from danil_jax import run_config
 from danil_jax import steps
 from danil_jax import train
+
+# grain's workers read absl flags, parsed by `app.run` in the commands.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 8  # 2 epochs of 4 steps
@@ -64,7 +69,7 @@ import orbax.checkpoint as ocp
 def main():
   sys.path.insert(0, os.environ['REPO'])
   from tests import test_faults
-  from danil_jax import steps, train
+  from danil_jax import faults, steps, train
   workdir, data_dir, point, at, overrides = sys.argv[1:6]
   at = int(at)
   config = test_faults.make_config(data_dir, **json.loads(overrides))
@@ -75,20 +80,20 @@ def main():
     os.kill(os.getpid(), signum)
 
   if point in ('step', 'sigterm', 'sigterm_twice'):
-    # During the computation of step `at` (state.step == at - 1).
+    # Right after step `at` is dispatched, while it may still compute: a
+    # host-side point, so the compiled step stays that of the reference run.
     signum = signal.SIGKILL if point == 'step' else signal.SIGTERM
-    original = steps.train_step
-    def train_step(state, batch, **kw):
-      jax.debug.callback(
-          lambda s: kill(signum) if int(s) == at - 1 and not sent else None,
-          state.step)
-      return original(state, batch, **kw)
-    steps.train_step = train_step
+    original_add = faults.NonFiniteMonitor.add
+    def add(self, step, metrics):
+      original_add(self, step, metrics)
+      if step == at and not sent:
+        kill(signum)
+    faults.NonFiniteMonitor.add = add
   if point in ('save', 'sigterm_twice'):
     # The arrays of a checkpoint are written, the checkpoint not committed.
     original_save = ocp.StandardCheckpointHandler.async_save
-    def async_save(self, directory, *args, **kw):
-      futures = original_save(self, directory, *args, **kw)
+    async def async_save(self, directory, *args, **kw):
+      futures = await original_save(self, directory, *args, **kw)
       path = getattr(directory, 'path', directory)  # maybe awaiting creation
       step = int(os.path.basename(os.path.dirname(str(path))).split('.')[0])
       if (point == 'save' and step == at) or (
