@@ -5,8 +5,8 @@ rerun (to resume, or to train longer) compares its config with that file,
 key by key (dotted paths such as `optim.learning_rate`):
 
 - keys under `OBSERVE_ONLY` only extend the run or change what is observed
-  or how fast (more epochs or steps, logging and checkpoint intervals, data
-  loading workers, paths of the same data, fault handling): a change is
+  or how fast (more epochs or steps, logging and checkpoint intervals,
+  paths of the same data, fault handling): a change is
   logged and the run goes on;
 - every other key is taken to change the result (method, model, data set and
   splits, batch sizes, optimiser and schedule, seed, lambda/eps/reduction,
@@ -33,14 +33,16 @@ from absl import logging
 
 CONFIG_FILE = 'config.json'
 
-# Dotted key prefixes that a rerun may change freely.
+# Dotted key prefixes that a rerun may change freely. Not
+# input.num_workers: grain's DataLoader batches within each worker, so 2 or
+# more workers give other batches than 0 or 1, and the checkpointed iterator
+# state only restores into the same worker count.
 OBSERVE_ONLY = (
     'num_epochs',
     'max_steps',
     'log_every_steps',
     'checkpoint_every_steps',
     'keep_checkpoints',
-    'input.num_workers',
     'dataset.data_dir',
     'dataset.manual_dir',
     'distributed',
