@@ -100,4 +100,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed_init = ml_collections.ConfigDict(dict(
       coordinator_address='', num_processes=0, process_id=-1,
       data_build_timeout_s=6 * 3600))
+
+  # What a run does when something goes wrong (README "When things go wrong").
+  config.faults = ml_collections.ConfigDict()
+  # A step with a NaN/Inf loss, gradient norm or update is never applied;
+  # the run stops at the N-th such step in a row (1: at the first one).
+  config.faults.max_nonfinite_in_a_row = 1
+  # A rerun in a workdir whose config.json differs in a key that changes the
+  # result (method, data, batch size, optimiser, seed, ...) is refused
+  # unless this is True (danil_jax/run_config.py).
+  config.faults.allow_config_change = False
+  # With several processes, how often (in steps) they agree whether any got
+  # SIGTERM/SIGINT; each agreement is a small all-gather. One process checks
+  # every step at no cost.
+  config.faults.preemption_sync_every_steps = 10
   return config

@@ -126,15 +126,47 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   new_state = state.apply_gradients(grads=grads)
   if model_updates:
     new_state = new_state.replace(batch_stats=model_updates['batch_stats'])
+  grad_norm = optax.tree.norm(grads)
+  new_state, nonfinite = _keep_old_state_if_nonfinite(state, new_state, loss,
+                                                      grad_norm)
   metrics = dict(
       loss=loss, ce=aux['ce'], distraction=aux['distraction'],
       misclassified=jnp.mean(aux['misclassified']),
-      grad_norm=optax.tree.norm(grads))
+      grad_norm=grad_norm, nonfinite=nonfinite)
   if 'skipped' in aux:  # 1 where skip_correct took the plain gradient
     metrics['skipped'] = aux['skipped']
   if 'bucket' in aux:  # misclassified_only: images double-backpropagated
     metrics['bucket'] = aux['bucket']
   return new_state, metrics
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _keep_old_state_if_nonfinite(state: TrainState, new_state: TrainState,
+                                 loss, grad_norm):
+  """The non-finite guard: (state to continue from, 1.0 if refused else 0.0).
+
+  A step whose loss, gradient norm, updated parameters or BatchNorm
+  statistics hold a NaN or Inf keeps the old parameters, optimiser state and
+  statistics: nothing non-finite can reach the state, hence no checkpoint.
+  The step counter still advances, so the batch counts as consumed and the
+  next step draws the next batch and its own dropout key (`train.py` decides
+  whether to stop, per config.faults.max_nonfinite_in_a_row).
+  """
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            & _all_finite(new_state.params)
+            & _all_finite(new_state.batch_stats))
+  keep = lambda new, old: jnp.where(finite, new, old)
+  guarded = new_state.replace(
+      params=jax.tree.map(keep, new_state.params, state.params),
+      opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
+      batch_stats=jax.tree.map(keep, new_state.batch_stats,
+                               state.batch_stats))
+  return guarded, 1.0 - finite.astype(jnp.float32)
 
 
 def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params):

@@ -20,12 +20,15 @@ from tqdm import tqdm
 import data_prep
 from danil_jax import best_checkpoint
 from danil_jax import checkpointing
+from danil_jax import config_checks
 from danil_jax import evaluation
+from danil_jax import faults
 from danil_jax import input_pipeline
 from danil_jax import metrics as metrics_lib
 from danil_jax import models
 from danil_jax import multihost
 from danil_jax import plots
+from danil_jax import run_config
 from danil_jax import run_log
 from danil_jax import sharding
 from danil_jax import steps
@@ -34,23 +37,37 @@ from danil_jax import tb_writer
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
-  """Trains per `config`, evaluating each epoch; returns the final report."""
+  """Trains per `config`, evaluating each epoch; returns the final report.
+
+  Raises faults.Preempted (a SystemExit, status faults.EXIT_PREEMPTED) after
+  saving a checkpoint when SIGTERM/SIGINT arrives, and faults.NonFiniteError
+  per config.faults.max_nonfinite_in_a_row.
+  """
+  with faults.PreemptionGuard(
+      config.faults.preemption_sync_every_steps) as preemption:
+    return _train_and_evaluate(config, workdir, preemption)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preemption: faults.PreemptionGuard) -> dict:
   # ---------------------------------------------------------------- setup --
   # Any path etils.epath handles: a local or shared disk, gs://...
   workdir = checkpointing.absolute_path(workdir)
   is_chief = multihost.is_chief()
+  # Fault handling: bad values, damaged weights and a changed config are
+  # named before any data is built or model compiled.
+  config_checks.check(config)
+  if config.model.pretrained:
+    from danil_jax import weights  # pylint: disable=g-import-not-at-top
+    weights.check(config.model.name, config.model.pretrained)
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.method not in steps.METHODS:
-    raise ValueError(f'config.method must be one of {steps.METHODS}, got '
-                     f'{config.method!r}')
+  run_config.pin(config, workdir, write=is_chief)
   mesh = sharding.make_mesh()
   for key in ('global_batch_size', 'eval_batch_size'):  # validates both
     try:
       sharding.per_process_batch_size(config.input[key], mesh)
     except ValueError as e:
       raise ValueError(f'config.input.{key}: {e}') from None
-  if is_chief:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   logging.info('%d devices over %d processes: %s', jax.device_count(),
                jax.process_count(), jax.devices())
 
@@ -63,6 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         config.dataset.name, data_dir=config.dataset.data_dir,
         manual_dir=config.dataset.manual_dir or None,
         config=config.dataset.builder_config or None, build=is_chief)
+  config_checks.check_splits(config, builder)
   class_names = list(builder.info.features['label'].names)
   if len(class_names) != config.dataset.num_classes:
     raise ValueError(
@@ -160,6 +178,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_iter = iter(train_batches(start_step=start_step))
 
   # ---------------------------------------------------- train and evaluate --
+  nonfinite = faults.NonFiniteMonitor(
+      config.faults.max_nonfinite_in_a_row,
+      functools.partial(checkpointing.latest_description, manager))
+
+  def stop_if_preempted(step, force_sync=False):
+    """On SIGTERM/SIGINT (any process): checkpoint at `step` and exit."""
+    if not preemption.should_stop(step, force_sync=force_sync):
+      return
+    nonfinite.check()
+    if manager.latest_step() != step:
+      checkpointing.save(manager, step, steps.state_to_checkpoint(state))
+    manager.wait_until_finished()
+    preempted = faults.Preempted(step, str(manager.directory))
+    if is_chief:
+      print(f'\n{preempted}', flush=True)
+    raise preempted
+
   step, report = start_step, None
   pending, last_log_time, last_log_step = [], time.time(), start_step
   while step < total_steps:
@@ -171,12 +206,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                disable=not is_chief, dynamic_ncols=True)
     bar_time, bar_step = time.time(), step
     while step < epoch_end:
+      stop_if_preempted(step)
       batch = sharding.global_batch(next(train_iter), mesh)
       log_now = (step + 1) % config.log_every_steps == 0
       share = (gradient_share(state, batch)
                if log_now and config.method == 'danil' else None)
       state, step_metrics = train_step(state, batch)
       step += 1
+      nonfinite.add(step, step_metrics)
+      nonfinite.check(keep_last=1)  # the newest step may still be running
       pending.append(step_metrics)
       bar.update(1)
       if step % 5 == 0 or step == epoch_end:
@@ -201,8 +239,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        **means))
         tensorboard.write(dict(kind='train', step=step, **means))
       if step % config.checkpoint_every_steps == 0 and step < epoch_end:
+        nonfinite.check()
         checkpointing.save(manager, step, steps.state_to_checkpoint(state))
     bar.close()
+    nonfinite.check()
     predictions, report = evaluate(state, epoch_split)
     record = dict(kind='eval', step=step, epoch=step / steps_per_epoch,
                   split=epoch_split, **report)
@@ -224,6 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             + metrics_lib.format_headline(report, config.eval.headline)
             + f" loss {report['loss']:.4f}", flush=True)
     checkpointing.save(manager, step, steps.state_to_checkpoint(state))
+    if step < total_steps:
+      stop_if_preempted(step, force_sync=True)
   manager.wait_until_finished()
 
   # ---------------------------------------------------------------- report --

@@ -19,6 +19,7 @@ Converted variables are stored without torch in DIR/variables.npz (keys are
 
 import json
 import os
+import zipfile
 from typing import Any, Mapping
 
 import jax
@@ -246,13 +247,68 @@ def convert_file(arch: str, checkpoint: str, out_dir: str) -> dict[str, Any]:
 
 
 def read_metadata(path: str) -> dict[str, Any]:
+  if not os.path.isdir(path):
+    raise ConversionError(
+        f'pretrained weights directory {path!r} does not exist '
+        '(config.model.pretrained); create it with python -m danil_jax.convert')
   meta_file = os.path.join(path, METADATA_FILE)
   if not os.path.isfile(meta_file):
     raise ConversionError(
         f'{path} is not a converted checkpoint directory (no {METADATA_FILE});'
         ' create one with python -m danil_jax.convert')
-  with open(meta_file) as f:
-    return json.load(f)
+  try:
+    with open(meta_file) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConversionError(f'{meta_file} is damaged ({e}); convert the '
+                          'checkpoint again with python -m danil_jax.convert'
+                          ) from None
+  missing = [k for k in ('arch', 'num_classes') if k not in meta]
+  if not isinstance(meta, dict) or missing:
+    raise ConversionError(f'{meta_file} lacks {missing or "its fields"}; '
+                          'convert the checkpoint again with python -m '
+                          'danil_jax.convert')
+  return meta
+
+
+def _stored_shapes(path: str) -> dict[str, tuple]:
+  """Shapes in DIR/variables.npz from the array headers, reading no data."""
+  npz = os.path.join(path, VARIABLES_FILE)
+  try:
+    shapes = {}
+    with zipfile.ZipFile(npz) as archive:
+      for name in archive.namelist():
+        with archive.open(name) as f:
+          version = np.lib.format.read_magic(f)
+          read_header = (np.lib.format.read_array_header_1_0
+                         if version == (1, 0)
+                         else np.lib.format.read_array_header_2_0)
+          shape, _, _ = read_header(f)
+        shapes[name.removesuffix('.npy')] = tuple(shape)
+    return shapes
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ConversionError(f'{npz} is missing or damaged ({e}); convert the '
+                          'checkpoint again with python -m danil_jax.convert'
+                          ) from None
+
+
+def check(arch: str, path: str) -> dict[str, Any]:
+  """Checks a converted-weights directory without loading it (no compute).
+
+  Raises ConversionError naming the directory or file if it is missing,
+  damaged, for another architecture or of the wrong shapes; returns the
+  metadata.
+  """
+  meta = read_metadata(path)
+  if meta['arch'] != arch:
+    raise ConversionError(
+        f'{path} holds {meta["arch"]} weights, not {arch}')
+  problems = _mismatch_report(arch, _stored_shapes(path),
+                              expected_shapes(arch, meta['num_classes']))
+  if problems:
+    raise ConversionError(f'{path} does not match {arch}:\n  '
+                          + '\n  '.join(problems))
+  return meta
 
 
 def load(arch: str, path: str) -> dict[str, Any]:
@@ -261,8 +317,14 @@ def load(arch: str, path: str) -> dict[str, Any]:
   if meta['arch'] != arch:
     raise ConversionError(
         f'{path} holds {meta["arch"]} weights, not {arch}')
-  with np.load(os.path.join(path, VARIABLES_FILE)) as data:
-    flat = {k: data[k] for k in data.files}
+  npz = os.path.join(path, VARIABLES_FILE)
+  try:
+    with np.load(npz) as data:
+      flat = {k: data[k] for k in data.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ConversionError(f'{npz} is missing or damaged ({e}); convert the '
+                          'checkpoint again with python -m danil_jax.convert'
+                          ) from None
   problems = _mismatch_report(arch, {k: v.shape for k, v in flat.items()},
                               expected_shapes(arch, meta['num_classes']))
   if problems:
