@@ -14,8 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.method = 'danil'
   # skip_correct: a batch with nothing misclassified (Ld = 0) costs a plain
   # step, every other batch one forward more (steps.train_step).
+  # reduction: how Algorithm 1 (one image) reads on a batch, 'per_image' or
+  # 'batch' (the PyTorch port); see danil_jax/losses.py.
   config.danil = ml_collections.ConfigDict(
-      dict(lam=1e-5, eps=1e-4, skip_correct=False))
+      dict(lam=1e-5, eps=1e-4, skip_correct=False, reduction='per_image'))
   config.ohem = ml_collections.ConfigDict(dict(keep_ratio=0.7))
 
   config.model = ml_collections.ConfigDict()
