@@ -48,9 +48,29 @@ def naive_danil(params, x, labels, lam, eps):
   return jnp.mean(ce) + lam * jnp.mean(ld_per_sample), jnp.mean(ld_per_sample)
 
 
-def fast_danil(params, x, labels, lam, eps):
+def naive_danil_batch(params, x, labels, lam, eps):
+  """The batched PyTorch port in JAX: maps of the *mean* losses, one norm."""
+  logits = small_conv_net(params, x)
+  pred = jax.lax.stop_gradient(jnp.argmax(logits, -1))
+
+  def mean_ce(x_, y_):
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        small_conv_net(params, x_), y_))
+
+  a_pos = jax.grad(mean_ce)(x, labels)
+  a_neg = jax.grad(mean_ce)(x, pred)
+  ld = jnp.where(jnp.any(pred != labels),
+                 1.0 / (jnp.sum((a_pos - a_neg) ** 2) + eps), 0.0)
+  return mean_ce(x, labels) + lam * ld, ld
+
+
+NAIVE = dict(per_image=naive_danil, batch=naive_danil_batch)
+
+
+def fast_danil(params, x, labels, lam, eps, reduction='per_image'):
   loss, aux = losses.danil_loss(
-      lambda x_: small_conv_net(params, x_), x, labels, lam=lam, eps=eps)
+      lambda x_: small_conv_net(params, x_), x, labels, lam=lam, eps=eps,
+      reduction=reduction)
   return loss, aux['distraction']
 
 
@@ -62,15 +82,16 @@ def batch():
   return init_params(key_p), x, labels
 
 
+@pytest.mark.parametrize('reduction', losses.REDUCTIONS)
 @pytest.mark.parametrize('lam', [1e-5, 1.0])
-def test_equals_two_gradient_reference(batch, lam):
+def test_equals_two_gradient_reference(batch, lam, reduction):
   params, x, labels = batch
   eps = 1e-4
   (loss_ref, ld_ref), grads_ref = jax.value_and_grad(
-      naive_danil, has_aux=True)(params, x, labels, lam, eps)
+      NAIVE[reduction], has_aux=True)(params, x, labels, lam, eps)
   (loss, ld), grads = jax.jit(jax.value_and_grad(fast_danil, has_aux=True),
-                              static_argnums=(3, 4))(params, x, labels, lam,
-                                                     eps)
+                              static_argnums=(3, 4, 5))(params, x, labels, lam,
+                                                        eps, reduction)
   # The reference must see misclassified samples, or Ld would be trivially 0.
   pred = jnp.argmax(small_conv_net(params, x), -1)
   assert 0 < int(jnp.sum(pred != labels)) < len(labels)
@@ -83,22 +104,26 @@ def test_equals_two_gradient_reference(batch, lam):
                                    grads_ref[name]))), err_msg=name)
 
 
-def test_distraction_term_changes_gradient(batch):
+@pytest.mark.parametrize('reduction', losses.REDUCTIONS)
+def test_distraction_term_changes_gradient(batch, reduction):
   # Guards the test above: with lam=1 the Ld term must move the gradient, so
   # an implementation that dropped it would fail there.
   params, x, labels = batch
-  g_danil = jax.grad(lambda p: fast_danil(p, x, labels, 1.0, 1e-4)[0])(params)
+  g_danil = jax.grad(lambda p: fast_danil(p, x, labels, 1.0, 1e-4,
+                                          reduction)[0])(params)
   g_ce = jax.grad(lambda p: losses.cross_entropy_loss(
       small_conv_net(p, x), labels))(params)
   diff = max(float(jnp.max(jnp.abs(g_danil[k] - g_ce[k]))) for k in params)
   assert diff > 1e-3
 
 
-def test_correct_batch_has_zero_distraction_and_plain_ce_gradient(batch):
+@pytest.mark.parametrize('reduction', losses.REDUCTIONS)
+def test_correct_batch_has_zero_distraction_and_plain_ce_gradient(
+    batch, reduction):
   params, x, _ = batch
   labels = jnp.argmax(small_conv_net(params, x), -1)
   (loss, ld), grads = jax.value_and_grad(fast_danil, has_aux=True)(
-      params, x, labels, 1.0, 1e-4)
+      params, x, labels, 1.0, 1e-4, reduction)
   ce_loss, ce_grads = jax.value_and_grad(
       lambda p: losses.cross_entropy_loss(small_conv_net(p, x), labels))(params)
   assert float(ld) == 0.0
@@ -108,7 +133,23 @@ def test_correct_batch_has_zero_distraction_and_plain_ce_gradient(batch):
                                atol=1e-8)
 
 
-def test_distraction_gradient_matches_finite_differences():
+def test_batch_reading_scales_as_the_derivation_says(batch):
+  """The docstring's relation between the readings, on the same batch:
+  batch maps are 1/B of the per-image ones, D = sum_i d_i / B^2."""
+  params, x, labels = batch
+  fn = lambda x_: small_conv_net(params, x_)
+  _, per_image = losses.danil_loss(fn, x, labels, reduction='per_image')
+  _, batched = losses.danil_loss(fn, x, labels, reduction='batch')
+  b = x.shape[0]
+  np.testing.assert_allclose(batched['distance'],
+                             per_image['distance'] / b**2, rtol=1e-5)
+  np.testing.assert_allclose(
+      batched['distraction'],
+      1.0 / (float(np.sum(per_image['distance'])) / b**2 + 1e-4), rtol=1e-5)
+
+
+@pytest.mark.parametrize('reduction', losses.REDUCTIONS)
+def test_distraction_gradient_matches_finite_differences(reduction):
   with jax.enable_x64(True):
     key_x, key_p = jax.random.split(jax.random.PRNGKey(1))
     x = jax.random.normal(key_x, (4, 6, 6, 2), jnp.float64)
@@ -120,7 +161,7 @@ def test_distraction_gradient_matches_finite_differences():
 
     def distraction(p):
       _, aux = losses.danil_loss(lambda x_: small_conv_net(p, x_), x, labels,
-                                 eps=1e-4)
+                                 eps=1e-4, reduction=reduction)
       return aux['distraction']
 
     assert float(distraction(params)) > 0
@@ -149,6 +190,9 @@ def test_danil_rejects_bad_shapes(batch):
   params, x, labels = batch
   with pytest.raises(ValueError, match='labels'):
     losses.danil_loss(lambda x_: small_conv_net(params, x_), x, labels[:3])
+  with pytest.raises(ValueError, match="'mean'"):
+    losses.danil_loss(lambda x_: small_conv_net(params, x_), x, labels,
+                      reduction='mean')
 
 
 def test_cross_entropy_matches_numpy():
