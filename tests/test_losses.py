@@ -1,5 +1,6 @@
 """danil_loss against an independent two-gradient reference (Algorithm 1)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from danil_jax import losses
+from danil_jax import steps
 
 
 def init_params(key, channels=3, width=4, num_classes=3, dtype=jnp.float32):
@@ -31,14 +33,14 @@ def small_conv_net(params, x):
   return jnp.mean(h, axis=(1, 2)) @ params['dense']
 
 
-def naive_danil(params, x, labels, lam, eps):
+def naive_danil(params, x, labels, lam, eps, net=small_conv_net):
   """Algorithm 1 literally: A+ and A- from two separate input gradients."""
-  logits = small_conv_net(params, x)
+  logits = net(params, x)
   pred = jax.lax.stop_gradient(jnp.argmax(logits, -1))
 
   def summed_ce(x_, y_):
     return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
-        small_conv_net(params, x_), y_))
+        net(params, x_), y_))
 
   a_pos = jax.grad(summed_ce)(x, labels)
   a_neg = jax.grad(summed_ce)(x, pred)
@@ -48,14 +50,14 @@ def naive_danil(params, x, labels, lam, eps):
   return jnp.mean(ce) + lam * jnp.mean(ld_per_sample), jnp.mean(ld_per_sample)
 
 
-def naive_danil_batch(params, x, labels, lam, eps):
+def naive_danil_batch(params, x, labels, lam, eps, net=small_conv_net):
   """The batched PyTorch port in JAX: maps of the *mean* losses, one norm."""
-  logits = small_conv_net(params, x)
+  logits = net(params, x)
   pred = jax.lax.stop_gradient(jnp.argmax(logits, -1))
 
   def mean_ce(x_, y_):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        small_conv_net(params, x_), y_))
+        net(params, x_), y_))
 
   a_pos = jax.grad(mean_ce)(x, labels)
   a_neg = jax.grad(mean_ce)(x, pred)
@@ -224,3 +226,51 @@ def test_ohem_keeps_the_hardest_samples(keep_ratio, kept):
 def test_ohem_rejects_bad_ratio():
   with pytest.raises(ValueError, match='keep_ratio'):
     losses.ohem_loss(jnp.zeros((2, 2)), jnp.zeros((2,), jnp.int32), 0.0)
+
+
+class _BatchNormNet(nn.Module):
+  """Conv, train-mode BatchNorm (couples the samples) and a dense head."""
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    x = nn.Conv(4, (3, 3), strides=2)(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    return nn.Dense(3)(jnp.mean(jnp.tanh(x), axis=(1, 2)))
+
+
+@pytest.mark.parametrize('reduction', losses.REDUCTIONS)
+def test_gradient_share_from_two_separate_parameter_gradients(batch,
+                                                              reduction):
+  """steps.distraction_gradient_share against g_ce and g_d each computed
+  alone, g_d by the naive two-input-gradient reference of that reading."""
+  _, x, _ = batch
+  model = _BatchNormNet()
+  variables = model.init(jax.random.PRNGKey(3), x, train=False)
+  state = steps.create_train_state(model, variables, optax.sgd(0.1),
+                                   jax.random.PRNGKey(4))
+
+  def net(params, x_):
+    logits, _ = model.apply({'params': params,
+                             'batch_stats': variables['batch_stats']}, x_,
+                            train=True, mutable=['batch_stats'])
+    return logits
+
+  pred = jnp.argmax(net(state.params, x), -1)
+  labels = (pred + jnp.arange(6) % 2) % 3  # three misclassified
+  lam, eps = 1e-3, 1e-4
+  g_ce = jax.grad(lambda p: losses.cross_entropy_loss(net(p, x), labels))(
+      state.params)
+  g_d = jax.grad(lambda p: lam * NAIVE[reduction](p, x, labels, lam, eps,
+                                                  net=net)[1])(state.params)
+  norm_d = float(optax.tree.norm(g_d))
+  want_share = norm_d / float(optax.tree.norm(jax.tree.map(jnp.add, g_ce,
+                                                           g_d)))
+  want_ratio = norm_d / float(optax.tree.norm(g_ce))
+  assert want_ratio > 1e-3  # the term is there to be measured
+  got = steps.distraction_gradient_share(
+      state, dict(image=x, label=labels.astype(jnp.int32)), lam=lam, eps=eps,
+      reduction=reduction)
+  np.testing.assert_allclose(got['distraction_grad_share'], want_share,
+                             rtol=1e-4)
+  np.testing.assert_allclose(got['distraction_grad_ratio'], want_ratio,
+                             rtol=1e-4)
