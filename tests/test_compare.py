@@ -148,3 +148,13 @@ def test_sweep_trains_every_combination_once_and_reuses_them(tmp_path):
   assert again.stdout.count('(finished before)') == 5
   assert {p: p.stat().st_mtime_ns
           for p in work.glob('*/final_metrics.json')} == stamps
+
+
+def test_finished_report_only_for_the_same_config(tmp_path):
+  config = _config()
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  assert compare.finished_report(str(tmp_path), config) is None  # unfinished
+  (tmp_path / 'final_metrics.json').write_text('{"macro_f1": 0.5}')
+  assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
+  config.danil.lam = 1e-3
+  assert compare.finished_report(str(tmp_path), config) is None
