@@ -176,7 +176,10 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
       values = [results[method][s][key] for s in entry['seeds']
                 if key in results[method][s]]
       if values:
-        entry[key] = dict(mean=float(np.mean(values)), values=values)
+        entry[key] = dict(
+            mean=float(np.mean(values)),
+            sd=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            values=values)
     summary[method] = entry
   return summary
 
@@ -226,27 +229,42 @@ def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
       others = tuple(f'{k}={t}' for i, (k, t, _) in enumerate(point)
                      if i != x_index and applies(k, method))
       series.setdefault((method, others), {})[point[x_index][1]] = entry
-  panels = list(METRICS) + [DIAGNOSTICS[0]]
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4))
-  for ax, key in zip(axes, panels):
-    for offset, ((method, others), by_x) in enumerate(sorted(series.items())):
-      points = [(positions[t], e[key]) for t, e in by_x.items() if key in e]
+  values = list(positions.values())
+  log_x = bool(numeric) and min(values) > 0 and max(values) / min(values) >= 100
+  span = (max(values) - min(values)) or abs(values[0]) or 1.0
+  reference = next(iter(summaries[0][1]))
+  paired = f'minus_{reference}'
+  panels = [(m, None) for m in METRICS] + [
+      (METRICS[0], paired), (DIAGNOSTICS[0], None)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4))
+  for ax, (key, field) in zip(axes, panels):
+    for index, ((method, others), by_x) in enumerate(sorted(series.items())):
+      points = [(positions[t], e[key][field] if field else e[key])
+                for t, e in by_x.items()
+                if key in e and (field is None or field in e[key])]
       if not points:
         continue
       xs, cells = zip(*sorted(points))
-      label = ' '.join((method,) + others)
+      # Side by side rather than on top of each other.
+      shift = index - (len(series) - 1) / 2
+      xs = [x * 1.06 ** shift if log_x else x + 0.012 * span * shift
+            for x in xs]
       ax.errorbar(xs, [c['mean'] for c in cells],
                   yerr=[c.get('sd', 0.0) for c in cells], marker='o',
-                  capsize=3, label=label, alpha=0.85)
+                  capsize=3, color=f'C{index}', alpha=0.85,
+                  label=' '.join((method,) + others))
     ax.set_xlabel(x_key)
-    values = [v for v in positions.values()]
-    if numeric and min(values) > 0 and max(values) / min(values) >= 100:
+    if log_x:
       ax.set_xscale('log')
     if not numeric:
-      ax.set_xticks(list(positions.values()), list(positions))
+      ax.set_xticks(values, list(positions))
     if key == DIAGNOSTICS[0]:
       ax.set_yscale('log')
       ax.set_title('||g_d|| / ||g_ce|| (median over steps)', fontsize=10)
+    elif field == paired:
+      ax.axhline(0.0, color='gray', lw=0.8)
+      ax.set_title(f'{key} minus {reference}, paired (mean +- sd)',
+                   fontsize=10)
     else:
       ax.set_title(f'{key} (mean +- sd over seeds)', fontsize=10)
   axes[0].legend(fontsize=7)
