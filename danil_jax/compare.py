@@ -3,6 +3,7 @@
   python -m danil_jax.compare --config=configs/demo.py --workdir=/tmp/cmp \
       --methods=base,danil --seeds=0,1,2 [--config.num_epochs=3 ...] \
       [--sweep='danil.reduction=per_image,batch;danil.lam=1e-5,1e-3,1e-1']
+      [--only_finished]
 
 Trains every (method, sweep point, seed) into its own directory under
 WORKDIR (a rerun reuses the finished runs there and resumes the others),
@@ -35,6 +36,9 @@ _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed).')
 _SWEEP = flags.DEFINE_multi_string(
     'sweep', [], "'key=v1,v2,...' of any config key; repeat the flag or join "
     "keys with ';' for their full grid.")
+_ONLY_FINISHED = flags.DEFINE_bool(
+    'only_finished', False, 'Train nothing: summarise the runs already '
+    'finished (e.g. while a sweep is still running elsewhere).')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 
@@ -314,15 +318,25 @@ def main(argv):
                   value)
           run_config.lock()
           report = finished_report(directory, run_config)
-          if is_chief:
+          if is_chief and (report or not _ONLY_FINISHED.value):
             print(f'--- {method}, seed {seed} {point_label(point)}'
                   + (' (finished before)' if report else ''), flush=True)
-          if report is None:
+          if report is None and _ONLY_FINISHED.value:
+            finished[directory] = None
+          elif report is None:
             with cli.data_errors_exit():
               report = train.train_and_evaluate(run_config, directory)
-          finished[directory] = dict(report, **diagnostics(directory))
-        results[method][seed] = finished[directory]
-    summaries.append((point, summarize(results)))
+          if report is not None:
+            finished[directory] = dict(report, **diagnostics(directory))
+        if finished[directory] is not None:
+          results[method][seed] = finished[directory]
+    if all(results.values()):
+      summaries.append((point, summarize(results)))
+    elif is_chief:
+      print(f'--- {point_label(point)}: no finished run of '
+            f'{[m for m, r in results.items() if not r]}, left out')
+  if not summaries:
+    raise app.UsageError('no finished runs to summarise')
   if not is_chief:
     return
   header = (f'\n{config.dataset.name} / {config.model.name}, split '

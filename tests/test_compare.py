@@ -149,6 +149,19 @@ def test_sweep_trains_every_combination_once_and_reuses_them(tmp_path):
   assert {p: p.stat().st_mtime_ns
           for p in work.glob('*/final_metrics.json')} == stamps
 
+  # --only_finished trains nothing and leaves out the point without runs.
+  os.remove(work / 'danil_danil.lam=1_danil.reduction=batch_seed0'
+            / 'final_metrics.json')
+  partial = subprocess.run(_sweep_command(work, data) + ['--only_finished'],
+                           cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+  assert partial.returncode == 0, partial.stderr[-3000:]
+  assert 'danil.lam=1 danil.reduction=batch: no finished run' in (
+      partial.stdout)
+  assert not (work / 'danil_danil.lam=1_danil.reduction=batch_seed0'
+              / 'final_metrics.json').exists()
+  assert len(json.load(open(work / 'comparison.json'))['points']) == 3
+
 
 def test_finished_report_only_for_the_same_config(tmp_path):
   config = _config()
