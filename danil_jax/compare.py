@@ -130,7 +130,11 @@ def point_label(point) -> str:
 
 
 def finished_report(workdir: str, config) -> dict | None:
-  """The final metrics of a finished run of exactly `config`, else None."""
+  """The final metrics of a finished run of `config`, else None.
+
+  The saved config must equal `config` but for the sections of the methods
+  the run does not use (a Base run is the same whatever `danil.*` holds).
+  """
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
       saved = json.load(f)
@@ -138,7 +142,11 @@ def finished_report(workdir: str, config) -> dict | None:
       report = json.load(f)
   except (OSError, ValueError):
     return None
-  if saved != json.loads(config.to_json_best_effort()):
+  def used(tree):
+    return {k: v for k, v in tree.items()
+            if k not in _METHOD_SECTIONS or k == config.method}
+
+  if used(saved) != used(json.loads(config.to_json_best_effort())):
     return None
   return report
 

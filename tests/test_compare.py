@@ -171,3 +171,10 @@ def test_finished_report_only_for_the_same_config(tmp_path):
   assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
   config.danil.lam = 1e-3
   assert compare.finished_report(str(tmp_path), config) is None
+  # A base run does not read danil.*: the same run whatever that holds.
+  config.method = 'base'
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort())
+  config.danil.reduction = 'batch'
+  assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
+  config.num_epochs = 4
+  assert compare.finished_report(str(tmp_path), config) is None
