@@ -274,3 +274,36 @@ def test_gradient_share_from_two_separate_parameter_gradients(batch,
                              rtol=1e-4)
   np.testing.assert_allclose(got['distraction_grad_ratio'], want_ratio,
                              rtol=1e-4)
+
+
+@pytest.mark.parametrize('skip_correct', [False, True])
+@pytest.mark.parametrize('reduction', losses.REDUCTIONS)
+def test_train_step_takes_the_reading(batch, reduction, skip_correct):
+  """steps.train_step (and its skip_correct path) with `reduction` moves the
+  parameters by the naive reference's gradient of that reading."""
+  _, x, _ = batch
+  model = _BatchNormNet()
+  variables = model.init(jax.random.PRNGKey(3), x, train=False)
+  state = steps.create_train_state(model, variables, optax.sgd(0.1),
+                                   jax.random.PRNGKey(4))
+
+  def net(params, x_):
+    logits, _ = model.apply({'params': params,
+                             'batch_stats': variables['batch_stats']}, x_,
+                            train=True, mutable=['batch_stats'])
+    return logits
+
+  labels = (jnp.argmax(net(state.params, x), -1) + jnp.arange(6) % 2) % 3
+  lam, eps = 1e-2, 1e-4
+  (loss_ref, ld_ref), grads_ref = jax.value_and_grad(
+      NAIVE[reduction], has_aux=True)(state.params, x, labels, lam, eps,
+                                      net=net)
+  new_state, metrics = steps.train_step(
+      state, dict(image=x, label=labels.astype(jnp.int32)), method='danil',
+      lam=lam, eps=eps, reduction=reduction, skip_correct=skip_correct)
+  np.testing.assert_allclose(metrics['loss'], loss_ref, rtol=1e-5)
+  np.testing.assert_allclose(metrics['distraction'], ld_ref, rtol=1e-5)
+  want = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads_ref)
+  for got_leaf, want_leaf in zip(jax.tree.leaves(new_state.params),
+                                 jax.tree.leaves(want)):
+    np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-5, atol=1e-6)
