@@ -73,13 +73,13 @@ def _eval_logits_fn(state: TrainState) -> Callable:
 
 
 def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
-          keep_ratio: float):
+          keep_ratio: float, reduction: str = 'per_image'):
   """Returns (loss, (aux, batch_stats updates)) for one method."""
   logits_fn = _forward_fn(state, params, rng)
   images, labels = batch['image'], batch['label']
   if method == 'danil':
     loss, aux = losses.danil_loss(logits_fn, images, labels, lam=lam, eps=eps,
-                                  has_aux=True)
+                                  has_aux=True, reduction=reduction)
     return loss, (aux, aux.pop('model_aux'))
   if method not in METHODS:
     raise ValueError(f'config.method must be one of {METHODS}, got {method!r}')
@@ -97,7 +97,8 @@ def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
 
 def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
                eps: float = 1e-4, keep_ratio: float = 0.7,
-               skip_correct: bool = False, misclassified_only: bool = False):
+               skip_correct: bool = False, reduction: str = 'per_image',
+               misclassified_only: bool = False):
   """One SGD step; returns the new state and scalar metrics.
 
   `skip_correct` (DANIL only): when no sample of the global batch is
@@ -110,8 +111,11 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
                               method=method, lam=lam, eps=eps,
-                              keep_ratio=keep_ratio)
+                              keep_ratio=keep_ratio, reduction=reduction)
   if method == 'danil' and misclassified_only:
+    if reduction != 'per_image':
+      raise ValueError('misclassified_only takes per-image maps; it is '
+                       f"defined for reduction='per_image', got {reduction!r}")
     # Opt-in: per-image maps with running BatchNorm statistics, double
     # backprop over the misclassified images only (misclassified_only.py).
     (loss, (aux, model_updates)), grads = misclassified_only_lib.value_and_grad(
@@ -205,20 +209,21 @@ def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params):
 
 
 def distraction_gradient_share(state: TrainState, batch, *, lam: float,
-                               eps: float):
+                               eps: float, reduction: str = 'per_image'):
   """How much the DANIL term moves the parameter gradient on this batch.
 
   Returns ||g_d|| / ||g_ce + g_d|| (`distraction_grad_share`) and
   ||g_d|| / ||g_ce|| (`distraction_grad_ratio`), with g_ce and g_d the
   parameter gradients of L+c and lam * Ld (Eq. 6). Both pull back through
   the same forward, so this costs about one extra backward; call it on
-  logging steps only.
+  logging steps only. `reduction` is `danil_loss`'s (either reading).
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
   def terms(params):
     _, aux = losses.danil_loss(_forward_fn(state, params, rng), batch['image'],
-                               batch['label'], lam=lam, eps=eps, has_aux=True)
+                               batch['label'], lam=lam, eps=eps, has_aux=True,
+                               reduction=reduction)
     return aux['ce'], lam * aux['distraction']
 
   (ce, scaled_ld), pullback = jax.vjp(terms, state.params)

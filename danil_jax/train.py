@@ -125,7 +125,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ------------------------------------------------------- compiled steps --
   replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  loss_kw = dict(lam=config.danil.lam, eps=config.danil.eps)
+  loss_kw = dict(lam=config.danil.lam, eps=config.danil.eps,
+                 reduction=config.danil.reduction)
   train_step = jax.jit(
       functools.partial(steps.train_step, method=config.method,
                         keep_ratio=config.ohem.keep_ratio,

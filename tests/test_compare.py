@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -30,7 +31,7 @@ def test_mean_sample_sd_and_paired_difference():
   assert summary['base']['accuracy']['sd'] == pytest.approx(np.sqrt(0.02))
   assert 'minus_base' not in summary['base']['accuracy']
   table = compare.format_summary(summary)
-  assert '0.6750 +- 0.1768 (+0.0750)' in table
+  assert '0.6750 +- 0.1768 (+0.0750 +- 0.0354)' in table
 
 
 def test_command_trains_each_seed_and_summarises_their_final_metrics(
@@ -51,3 +52,129 @@ def test_command_trains_each_seed_and_summarises_their_final_metrics(
   assert summary['base']['accuracy']['values'] == [f['accuracy']
                                                    for f in finals]
   assert 'mean +- sample sd over seeds' in result.stdout
+
+
+def _config():
+  return ml_collections.ConfigDict(dict(
+      seed=0, method='danil', num_epochs=3, danil=dict(lam=1e-5, eps=1e-4,
+                                                        reduction='per_image'),
+      optim=dict(learning_rate=0.01, nesterov=False)))
+
+
+def test_sweep_parses_keys_values_and_types():
+  sweep = compare.parse_sweep(
+      ['danil.lam=1e-5,1e-1;num_epochs=1,2', 'optim.nesterov=true'], _config())
+  assert sweep == [('danil.lam', [('1e-5', 1e-5), ('1e-1', 0.1)]),
+                   ('num_epochs', [('1', 1), ('2', 2)]),
+                   ('optim.nesterov', [('true', True)])]
+  assert isinstance(sweep[0][1][0][1], float)
+  points = compare.grid(sweep)
+  assert len(points) == 4
+  assert len({compare.point_label(p) for p in points}) == 4
+  assert compare.grid([]) == [()]
+
+
+@pytest.mark.parametrize('text,message', [
+    ('danil.lamda=1', 'no such config key'),
+    ('danil=1', 'a config section'),
+    ('num_epochs=1.5', 'expected a int'),
+    ('optim.nesterov=yes', 'expected a bool'),
+    ('seed=1,2', '--seeds'),
+    ('danil.lam', "expected 'key=v1,v2,...'"),
+    ('num_epochs=1;num_epochs=2', 'given twice'),
+])
+def test_sweep_rejects_bad_input_naming_the_key(text, message):
+  with pytest.raises(ValueError, match=message):
+    compare.parse_sweep([text], _config())
+
+
+def test_run_dirs_name_only_the_keys_that_change_the_method():
+  point = (('danil.lam', '1e-3', 1e-3), ('optim.learning_rate', '0.1', 0.1))
+  assert compare.run_dir('w', 'danil', 3, point) == os.path.join(
+      'w', 'danil_danil.lam=1e-3_optim.learning_rate=0.1_seed3')
+  assert compare.run_dir('w', 'base', 3, point) == os.path.join(
+      'w', 'base_optim.learning_rate=0.1_seed3')
+  assert compare.run_dir('w', 'ohem', 3) == os.path.join('w', 'ohem_seed3')
+
+
+def _sweep_command(work, data):
+  return [sys.executable, '-m', 'danil_jax.compare',
+          '--config=configs/demo.py', f'--workdir={work}',
+          '--methods=base,danil', '--seeds=0',
+          '--sweep=danil.lam=0.1,1',
+          '--sweep=danil.reduction=per_image,batch',
+          f'--config.dataset.data_dir={data}', '--config.max_steps=2',
+          '--config.log_every_steps=1', '--config.input.global_batch_size=8',
+          '--config.input.eval_batch_size=200']
+
+
+def test_sweep_trains_every_combination_once_and_reuses_them(tmp_path):
+  work, data = tmp_path / 'work', tmp_path / 'data'
+  first = subprocess.run(_sweep_command(work, data), cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+  assert first.returncode == 0, first.stderr[-3000:]
+  dirs = sorted(p.name for p in work.iterdir() if p.is_dir())
+  # base does not read danil.*: one base run serves all four points.
+  assert dirs == sorted(
+      ['base_seed0'] + [f'danil_danil.lam={lam}_danil.reduction={r}_seed0'
+                        for lam in ('0.1', '1')
+                        for r in ('per_image', 'batch')])
+  for lam in ('0.1', '1'):
+    for reduction in ('per_image', 'batch'):
+      saved = json.load(open(
+          work / f'danil_danil.lam={lam}_danil.reduction={reduction}_seed0'
+          / 'config.json'))
+      assert (saved['danil']['lam'], saved['danil']['reduction']) == (
+          float(lam), reduction)
+  assert first.stdout.count('--- ') == 5
+  comparison = json.load(open(work / 'comparison.json'))
+  assert [p['values'] for p in comparison['points']] == [
+      {'danil.lam': lam, 'danil.reduction': r}
+      for lam in ('0.1', '1') for r in ('per_image', 'batch')]
+  base_f1 = json.load(open(work / 'base_seed0' / 'final_metrics.json'))[
+      'macro_f1']
+  for point in comparison['points']:
+    danil = point['summary']['danil']
+    assert point['summary']['base']['macro_f1']['values'] == [base_f1]
+    assert danil['macro_f1']['minus_base']['mean'] == pytest.approx(
+        danil['macro_f1']['values'][0] - base_f1)
+    assert danil['distraction_grad_ratio']['mean'] > 0
+  assert (work / compare.SWEEP_PLOT).stat().st_size > 0
+
+  stamps = {p: p.stat().st_mtime_ns for p in work.glob('*/final_metrics.json')}
+  again = subprocess.run(_sweep_command(work, data), cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count('(finished before)') == 5
+  assert {p: p.stat().st_mtime_ns
+          for p in work.glob('*/final_metrics.json')} == stamps
+
+  # --only_finished trains nothing and leaves out the point without runs.
+  os.remove(work / 'danil_danil.lam=1_danil.reduction=batch_seed0'
+            / 'final_metrics.json')
+  partial = subprocess.run(_sweep_command(work, data) + ['--only_finished'],
+                           cwd=REPO, capture_output=True, text=True,
+                           timeout=900)
+  assert partial.returncode == 0, partial.stderr[-3000:]
+  assert 'danil.lam=1 danil.reduction=batch: no finished run' in (
+      partial.stdout)
+  assert not (work / 'danil_danil.lam=1_danil.reduction=batch_seed0'
+              / 'final_metrics.json').exists()
+  assert len(json.load(open(work / 'comparison.json'))['points']) == 3
+
+
+def test_finished_report_only_for_the_same_config(tmp_path):
+  config = _config()
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  assert compare.finished_report(str(tmp_path), config) is None  # unfinished
+  (tmp_path / 'final_metrics.json').write_text('{"macro_f1": 0.5}')
+  assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
+  config.danil.lam = 1e-3
+  assert compare.finished_report(str(tmp_path), config) is None
+  # A base run does not read danil.*: the same run whatever that holds.
+  config.method = 'base'
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort())
+  config.danil.reduction = 'batch'
+  assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
+  config.num_epochs = 4
+  assert compare.finished_report(str(tmp_path), config) is None
