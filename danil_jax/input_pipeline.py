@@ -20,6 +20,7 @@ import math
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from danil_jax import augment
 
@@ -119,6 +120,10 @@ def _iterate(dataset: grain.MapDataset, num_workers: int):
   """Iterates in order; `num_workers` > 0 processes decode batches."""
   dataset = dataset.to_iter_dataset(_READ_OPTIONS)
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain's worker processes read absl flags, which only app.run (our
+      # commands) parses; a library caller of the trainer has not.
+      flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=num_workers))
   return dataset
