@@ -91,12 +91,12 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
           f'{workdir} has no best checkpoint ({best_dir} is empty or absent): '
           'only runs with a validation split keep one; use '
           '--checkpoint=last')
-    return best_dir, steps[-1]
+    return str(best_dir), steps[-1]
   if which == 'last':
     steps = steps_in(latest_dir)
     if not steps:
       raise ValueError(f'{workdir} has no checkpoint in {latest_dir}')
-    return latest_dir, steps[-1]
+    return str(latest_dir), steps[-1]
   try:
     step = int(which)
   except ValueError:
@@ -104,7 +104,7 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
                      f'got {which!r}') from None
   for directory in (latest_dir, best_dir):
     if step in steps_in(directory):
-      return directory, step
+      return str(directory), step
   raise ValueError(f'{workdir} has no checkpoint of step {step}; it has '
                    f'{steps_in(latest_dir)} (latest) and {steps_in(best_dir)} '
                    '(best)')

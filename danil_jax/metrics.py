@@ -69,13 +69,18 @@ def classification_report(labels: np.ndarray, probabilities: np.ndarray,
       confusion_matrix=skm.confusion_matrix(
           labels, predictions, labels=class_ids).tolist(),
       num_examples=int(len(labels)),
+      # Examples whose probabilities hold NaN/Inf: the model diverged on them.
+      num_nonfinite=int(np.sum(~np.all(np.isfinite(probabilities), axis=-1))),
   )
 
 
 def one_vs_rest_auroc(is_positive: np.ndarray, scores: np.ndarray):
-  """ROC AUC of `scores` for the positives; None without both classes."""
+  """ROC AUC of `scores` for the positives; None without both classes, or
+  when a score is NaN/Inf (a diverged model: no ranking to score)."""
   is_positive = np.asarray(is_positive, bool)
   if is_positive.all() or not is_positive.any():
+    return None
+  if not np.all(np.isfinite(scores)):
     return None
   return float(skm.roc_auc_score(is_positive, scores))
 

@@ -39,35 +39,43 @@ from configs import default
 from danil_jax import paper_numbers as pn
 from danil_jax import paper_tables
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed).')
-_DATASETS = flags.DEFINE_list('datasets', list(pn.DATASETS),
-                              'Data sets: configs/<name>.py.')
-_BACKBONES = flags.DEFINE_list('backbones', list(pn.BACKBONES),
-                               'Backbones (config.model.name).')
-_METHODS = flags.DEFINE_list('methods', list(pn.RUN_METHODS),
-                             'Methods (config.method); base is the reference.')
-_PRETRAINED_ROOT = flags.DEFINE_string(
-    'pretrained_root', None, "One folder per backbone from danil_jax.convert; "
-    "'' trains from scratch (not the paper's setting).")
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'dataset.data_dir of every data set.')
-_MANUAL_ROOT = flags.DEFINE_string(
-    'manual_root', None, 'dataset.manual_dir of each data set is '
-    'MANUAL_ROOT/<dataset>.')
-_DATASET_CONFIG = flags.DEFINE_multi_string(
-    'dataset_config', [], 'NAME:key=value, an override for one data set '
-    '(e.g. ham10000:dataset.builder_config=random).')
-_HEADLINE = flags.DEFINE_list(
-    'headline_metrics', [], 'Extra final_metrics.json keys to tabulate, '
-    "besides those a config names under a '*headline*' key.")
-_EMIT_JOBS = flags.DEFINE_string('emit_jobs', None,
-                                 'Write one command per unfinished run here.')
-_COLLECT = flags.DEFINE_bool('collect', False,
-                             'Only read finished runs and render the tables.')
-config_flags.DEFINE_config_dict('config', default.get_config(),
-                                'Overrides for every run (keys of '
-                                'configs/default.py).', lock_config=True)
+
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs: the library functions
+  below stay importable beside other commands that define --workdir."""
+  global _WORKDIR, _SEEDS, _DATASETS, _BACKBONES, _METHODS, _PRETRAINED_ROOT
+  global _DATA_DIR, _MANUAL_ROOT, _DATASET_CONFIG, _HEADLINE, _EMIT_JOBS
+  global _COLLECT
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
+  _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed).')
+  _DATASETS = flags.DEFINE_list('datasets', list(pn.DATASETS),
+                                'Data sets: configs/<name>.py.')
+  _BACKBONES = flags.DEFINE_list('backbones', list(pn.BACKBONES),
+                                 'Backbones (config.model.name).')
+  _METHODS = flags.DEFINE_list('methods', list(pn.RUN_METHODS),
+                               'Methods (config.method); base is the reference.')
+  _PRETRAINED_ROOT = flags.DEFINE_string(
+      'pretrained_root', None,
+      "One folder per backbone from danil_jax.convert; '' trains from scratch (not the paper's setting).")
+  _DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                  'dataset.data_dir of every data set.')
+  _MANUAL_ROOT = flags.DEFINE_string(
+      'manual_root', None, 'dataset.manual_dir of each data set is '
+      'MANUAL_ROOT/<dataset>.')
+  _DATASET_CONFIG = flags.DEFINE_multi_string(
+      'dataset_config', [], 'NAME:key=value, an override for one data set '
+      '(e.g. ham10000:dataset.builder_config=random).')
+  _HEADLINE = flags.DEFINE_list(
+      'headline_metrics', [], 'Extra final_metrics.json keys to tabulate, '
+      "besides those a config names under a '*headline*' key.")
+  _EMIT_JOBS = flags.DEFINE_string('emit_jobs', None,
+                                   'Write one command per unfinished run here.')
+  _COLLECT = flags.DEFINE_bool('collect', False,
+                               'Only read finished runs and render the tables.')
+  config_flags.DEFINE_config_dict('config', default.get_config(),
+                                  'Overrides for every run (keys of '
+                                  'configs/default.py).', lock_config=True)
+
 
 # Keys the grid sets, and keys that only make sense per data set.
 GRID_KEYS = ('method', 'seed', 'model.name', 'model.pretrained',
@@ -422,4 +430,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

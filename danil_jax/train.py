@@ -107,7 +107,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ----------------------------------------------- model and optimiser --
   model = models.create(config.model.name, config.dataset.num_classes,
-                        dtype=jnp.dtype(config.model.dtype), conv_rules=config.model.conv_rules)
+                        dtype=jnp.dtype(config.model.dtype),
+                        conv_rules=config.model.conv_rules)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy = jnp.zeros((1, pre.size, pre.size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False),
@@ -198,76 +199,82 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   step, report = start_step, None
   pending, last_log_time, last_log_step = [], time.time(), start_step
-  while step < total_steps:
-    epoch = step // steps_per_epoch
-    epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
-    bar = tqdm(total=epoch_end - epoch * steps_per_epoch,
-               initial=step - epoch * steps_per_epoch, unit='step',
-               desc=f'epoch {epoch + 1}/{config.num_epochs}',
-               disable=not is_chief, dynamic_ncols=True)
-    bar_time, bar_step = time.time(), step
-    while step < epoch_end:
-      stop_if_preempted(step)
-      batch = sharding.global_batch(next(train_iter), mesh)
-      log_now = (step + 1) % config.log_every_steps == 0
-      share = (gradient_share(state, batch)
-               if log_now and config.method == 'danil' else None)
-      state, step_metrics = train_step(state, batch)
-      step += 1
-      nonfinite.add(step, step_metrics)
-      nonfinite.check(keep_last=1)  # the newest step may still be running
-      pending.append(step_metrics)
-      bar.update(1)
-      if step % 5 == 0 or step == epoch_end:
-        latest = jax.device_get(step_metrics)
-        now = time.time()
-        bar.set_postfix(
-            loss=f"{latest['loss']:.4f}", Ld=f"{latest['distraction']:.3g}",
-            miscls=f"{latest['misclassified']:.2f}",
-            img_s=f'{(step - bar_step) * global_batch_size / (now - bar_time):.0f}')
-        bar_time, bar_step = now, step
-      if log_now:
-        means = {k: float(np.mean(v)) for k, v in
-                 jax.device_get(jax.tree.map(lambda *x: jnp.stack(x),
-                                             *pending)).items()}
-        if share is not None:
-          means.update({k: float(v) for k, v in jax.device_get(share).items()})
-        now = time.time()
-        means['images_per_s'] = ((step - last_log_step) * global_batch_size
-                                 / (now - last_log_time))
-        last_log_time, last_log_step, pending = now, step, []
-        log.write(dict(kind='train', step=step, epoch=step / steps_per_epoch,
-                       **means))
-        tensorboard.write(dict(kind='train', step=step, **means))
-      if step % config.checkpoint_every_steps == 0 and step < epoch_end:
-        nonfinite.check()
-        checkpointing.save(manager, step, steps.state_to_checkpoint(state))
-    bar.close()
-    nonfinite.check()
-    predictions, report = evaluate(state, epoch_split)
-    record = dict(kind='eval', step=step, epoch=step / steps_per_epoch,
-                  split=epoch_split, **report)
-    log.write(record)
-    tensorboard.write(record)
-    if select_by not in report:
-      raise ValueError(f'config.eval.select_by / headline[0] is '
-                       f'{select_by!r}, not a metric of this evaluation; '
-                       f'expected one of {sorted(report)}')
-    if val_split:
-      best_checkpoint.maybe_save(best_manager, select_by, step,
-                                 steps.state_to_checkpoint(state),
-                                 report[select_by])
-    if is_chief:
-      plots.plot_curves(log.read(), workdir / plots.CURVES_FILE,
-                        title=f'{config.dataset.name} {config.model.name} '
-                        f'{config.method}')
-      print(f'epoch {step / steps_per_epoch:.2f} {epoch_split}: '
-            + metrics_lib.format_headline(report, config.eval.headline)
-            + f" loss {report['loss']:.4f}", flush=True)
-    checkpointing.save(manager, step, steps.state_to_checkpoint(state))
-    if step < total_steps:
-      stop_if_preempted(step, force_sync=True)
-  manager.wait_until_finished()
+  try:
+    while step < total_steps:
+      epoch = step // steps_per_epoch
+      epoch_end = min((epoch + 1) * steps_per_epoch, total_steps)
+      bar = tqdm(total=epoch_end - epoch * steps_per_epoch,
+                 initial=step - epoch * steps_per_epoch, unit='step',
+                 desc=f'epoch {epoch + 1}/{config.num_epochs}',
+                 disable=not is_chief, dynamic_ncols=True)
+      bar_time, bar_step = time.time(), step
+      while step < epoch_end:
+        stop_if_preempted(step)
+        batch = sharding.global_batch(next(train_iter), mesh)
+        log_now = (step + 1) % config.log_every_steps == 0
+        share = (gradient_share(state, batch)
+                 if log_now and config.method == 'danil' else None)
+        state, step_metrics = train_step(state, batch)
+        step += 1
+        nonfinite.add(step, step_metrics)
+        nonfinite.check(keep_last=1)  # the newest step may still be running
+        pending.append(step_metrics)
+        bar.update(1)
+        if step % 5 == 0 or step == epoch_end:
+          latest = jax.device_get(step_metrics)
+          now = time.time()
+          rate = (step - bar_step) * global_batch_size / (now - bar_time)
+          bar.set_postfix(
+              loss=f"{latest['loss']:.4f}", Ld=f"{latest['distraction']:.3g}",
+              miscls=f"{latest['misclassified']:.2f}",
+              img_s=f'{rate:.0f}')
+          bar_time, bar_step = now, step
+        if log_now:
+          means = {k: float(np.mean(v)) for k, v in
+                   jax.device_get(jax.tree.map(lambda *x: jnp.stack(x),
+                                               *pending)).items()}
+          if share is not None:
+            means.update({k: float(v)
+                          for k, v in jax.device_get(share).items()})
+          now = time.time()
+          means['images_per_s'] = ((step - last_log_step) * global_batch_size
+                                   / (now - last_log_time))
+          last_log_time, last_log_step, pending = now, step, []
+          log.write(dict(kind='train', step=step, epoch=step / steps_per_epoch,
+                         **means))
+          tensorboard.write(dict(kind='train', step=step, **means))
+        if step % config.checkpoint_every_steps == 0 and step < epoch_end:
+          nonfinite.check()
+          checkpointing.save(manager, step, steps.state_to_checkpoint(state))
+      bar.close()
+      nonfinite.check()
+      predictions, report = evaluate(state, epoch_split)
+      record = dict(kind='eval', step=step, epoch=step / steps_per_epoch,
+                    split=epoch_split, **report)
+      log.write(record)
+      tensorboard.write(record)
+      if select_by not in report:
+        raise ValueError(f'config.eval.select_by / headline[0] is '
+                         f'{select_by!r}, not a metric of this evaluation; '
+                         f'expected one of {sorted(report)}')
+      if val_split:
+        best_checkpoint.maybe_save(best_manager, select_by, step,
+                                   steps.state_to_checkpoint(state),
+                                   report[select_by])
+      if is_chief:
+        plots.plot_curves(log.read(), workdir / plots.CURVES_FILE,
+                          title=f'{config.dataset.name} {config.model.name} '
+                          f'{config.method}')
+        print(f'epoch {step / steps_per_epoch:.2f} {epoch_split}: '
+              + metrics_lib.format_headline(report, config.eval.headline)
+              + f" loss {report['loss']:.4f}", flush=True)
+      checkpointing.save(manager, step, steps.state_to_checkpoint(state))
+      if step < total_steps:
+        stop_if_preempted(step, force_sync=True)
+  finally:
+    # A save still being written when an error ends the loop (a NaN right
+    # after a checkpoint) is finished, not lost.
+    manager.wait_until_finished()
 
   # ---------------------------------------------------------------- report --
   # eval_split with the last model (and the best one, with a validation
@@ -281,8 +288,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     best_manager.wait_until_finished()
     best_step, best_value = best_checkpoint.best_so_far(best_manager)
   if val_split and best_step is not None:
-    best_state = steps.state_from_checkpoint(state, best_checkpoint.restore_state(
-        best_manager.directory, best_step, steps.state_to_checkpoint(state)))
+    best_state = steps.state_from_checkpoint(
+        state, best_checkpoint.restore_state(
+            best_manager.directory, best_step,
+            steps.state_to_checkpoint(state)))
     finals['best'] = (best_step,) + evaluate(best_state, test_split)
   if is_chief:
     for model, (model_step, model_predictions, model_report) in finals.items():
