@@ -48,13 +48,15 @@ def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
 
 def roc_curves(labels, probabilities, class_names, path: str,
                title: str = '') -> str:
-  """One-vs-rest ROC curve of every class that has positives and negatives."""
+  """One-vs-rest ROC curve of every class that has positives and negatives
+  (and finite scores: a diverged model has no ranking to draw)."""
   plt = _pyplot()
   labels, probabilities = np.asarray(labels), np.asarray(probabilities)
   fig, ax = plt.subplots(figsize=(5, 5))
   for k, name in enumerate(class_names):
     positive = labels == k
-    if positive.all() or not positive.any():
+    if (positive.all() or not positive.any()
+        or not np.all(np.isfinite(probabilities[:, k]))):
       continue
     fpr, tpr, _ = skm.roc_curve(positive, probabilities[:, k])
     ax.plot(fpr, tpr, lw=1,
@@ -71,7 +73,8 @@ def roc_curves(labels, probabilities, class_names, path: str,
   return path
 
 
-def response_maps(maps: dict, class_names, pre, path: str, title: str = '') -> str:
+def response_maps(maps: dict, class_names, pre, path: str,
+                  title: str = '') -> str:
   """The paper's Fig. 3: image, |A+|, |A-| per row (same colour scale)."""
   plt = _pyplot()
   num = len(maps['indices'])
