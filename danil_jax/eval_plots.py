@@ -1,10 +1,9 @@
 """PNG figures of an evaluation: the confusion matrix and the ROC curves."""
 
-import io
-
-from etils import epath
 import numpy as np
 from sklearn import metrics as skm
+
+from danil_jax import plots
 
 
 def _pyplot():
@@ -12,13 +11,6 @@ def _pyplot():
   matplotlib.use('Agg')  # no display on servers and CI
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
-
-
-def _save(fig, path) -> None:
-  # Through a buffer so `path` may be anything etils.epath handles (gs://...).
-  png = io.BytesIO()
-  fig.savefig(png, format='png', dpi=90)
-  epath.Path(path).write_bytes(png.getvalue())
 
 
 def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
@@ -41,7 +33,7 @@ def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
   fig.colorbar(image, ax=ax, label='share of the true class')
   ax.set_title(title or 'confusion matrix', fontsize=9)
   fig.tight_layout()
-  _save(fig, path)
+  plots.save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -68,7 +60,7 @@ def roc_curves(labels, probabilities, class_names, path: str,
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7, loc='lower right')
   fig.tight_layout()
-  _save(fig, path)
+  plots.save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -103,6 +95,6 @@ def response_maps(maps: dict, class_names, pre, path: str,
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  _save(fig, path)
+  plots.save_png(fig, path)
   plt.close(fig)
   return path

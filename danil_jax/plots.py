@@ -63,11 +63,17 @@ def plot_curves(records: list[dict], path, title: str = '') -> str:
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout()
+  save_png(fig, path)
+  plt.close(fig)
+  return str(path)
+
+
+def save_png(fig, path) -> None:
+  """Writes `fig` through a buffer, so `path` may be anything etils.epath
+  handles (a local disk, gs://...)."""
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=90)
-  plt.close(fig)
   epath.Path(path).write_bytes(png.getvalue())
-  return str(path)
 
 
 def main(argv=None) -> None:

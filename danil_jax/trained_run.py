@@ -25,11 +25,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 from absl import logging
+from etils import epath
 from PIL import Image
 
 import data_prep
 from danil_jax import augment
 from danil_jax import best_checkpoint
+from danil_jax import checkpointing
 from danil_jax import evaluation
 from danil_jax import input_pipeline
 from danil_jax import intrinsic_maps
@@ -53,13 +55,12 @@ class TrainedRun:
   eval_step: object  # jitted steps.eval_step over the mesh
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+def read_config(workdir) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
     raise ValueError(f'{path} does not exist: is {workdir} a run directory '
                      '(python -m danil_jax.main --workdir=...)?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
   if 'eval' not in config:  # a run from before config.eval existed
     from configs import default  # pylint: disable=g-import-not-at-top
     config.eval = default.get_config().eval
@@ -73,7 +74,7 @@ def load(workdir: str, checkpoint: str = 'last', *,
   Without `need_data` (predicting on files) the data set is not built or
   read: its builder only gives the class names.
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)
   directory, step = best_checkpoint.find_checkpoint(workdir, checkpoint)
   if need_data:
@@ -127,8 +128,8 @@ def evaluate_run(workdir: str, split: str = 'test',
   metrics = dict(step=run.step, split=split, model=checkpoint,
                  **evaluation.report(predictions, run.class_names,
                                      run.config.eval))
-  outdir = os.path.join(os.path.abspath(workdir), 'eval',
-                        f'{split}_{checkpoint}')
+  outdir = checkpointing.absolute_path(workdir) / 'eval' / (
+      f'{split}_{checkpoint}')
   evaluation.write_outputs(
       outdir, predictions, metrics, run.class_names,
       title=f'{run.config.dataset.name} {split}, {checkpoint} model '
@@ -137,7 +138,7 @@ def evaluate_run(workdir: str, split: str = 'test',
         + metrics_lib.format_report(metrics, run.class_names,
                                     run.config.eval.headline))
   print(f'wrote {outdir}')
-  return outdir, metrics
+  return str(outdir), metrics
 
 
 def image_paths(pattern: str) -> list[str]:
