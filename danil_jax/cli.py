@@ -27,18 +27,27 @@ def setup(config) -> None:
 
 
 @contextlib.contextmanager
-def data_errors_exit():
-  """Missing or bad data files end the command with their message alone.
+def errors_exit():
+  """Errors a user can act on end the command with their message alone:
+  missing or bad data files, bad config values, a changed config in a
+  workdir, damaged converted weights, a non-finite step, no readable
+  checkpoint. Each message names the file, key or step and what to do; a
+  traceback only hides it.
 
   In a multi-host run any error on one host ends every host, non-zero, with
-  that host's message (multihost.end_every_host).
+  that host's message (multihost.end_every_host). Preemption is not caught:
+  faults.Preempted is a SystemExit with status faults.EXIT_PREEMPTED (75).
   """
-  from data_prep import common  # pylint: disable=g-import-not-at-top
-  from danil_jax import multihost  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from data_prep import common
+  from danil_jax import checkpointing, config_checks, faults, multihost
+  from danil_jax import run_config, weights
+  # pylint: enable=g-import-not-at-top
   with multihost.end_every_host():
     try:
       yield
-    except (common.ManualFilesMissing, common.DataError) as e:
-      # The message says which files to fetch or fix; a traceback only hides
-      # it.
+    except (common.ManualFilesMissing, common.DataError,
+            config_checks.ConfigError, run_config.ConfigChanged,
+            weights.ConversionError, faults.NonFiniteError,
+            checkpointing.CheckpointError) as e:
       sys.exit(f'error: {e}')

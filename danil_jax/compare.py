@@ -332,7 +332,7 @@ def main(argv):
           if report is None and _ONLY_FINISHED.value:
             finished[directory] = None
           elif report is None:
-            with cli.data_errors_exit():
+            with cli.errors_exit():
               report = train.train_and_evaluate(run_config, directory)
           if report is not None:
             finished[directory] = dict(report, **diagnostics(directory))

@@ -4,8 +4,6 @@ python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/demo
   [--config.method=danil --config.danil.lam=1e-5 ...]
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -29,18 +27,8 @@ def main(argv):
   cli.setup(config)  # before anything touches the JAX backend
   from danil_jax import train
   logging.info('config:\n%s', config)
-  from danil_jax import checkpointing, config_checks, faults, run_config
-  from danil_jax import weights
-  with cli.data_errors_exit():
-    try:
-      # Preemption raises faults.Preempted, a SystemExit with status
-      # faults.EXIT_PREEMPTED (75), after saving a checkpoint.
-      train.train_and_evaluate(config, flags.FLAGS.workdir)
-    except (config_checks.ConfigError, run_config.ConfigChanged,
-            weights.ConversionError, faults.NonFiniteError,
-            checkpointing.CheckpointError) as e:
-      # The message names the key, file or step and what to do.
-      sys.exit(f'error: {e}')
+  with cli.errors_exit():
+    train.train_and_evaluate(config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -424,7 +424,7 @@ def main(argv):
       if _is_chief():
         print(f'--- run {i + 1}/{len(todo)}: {run.dataset} {run.backbone} '
               f'{run.method} seed {run.seed}', flush=True)
-      with cli.data_errors_exit():
+      with cli.errors_exit():
         train.train_and_evaluate(run.config, run.workdir)
   write_tables(workdir, collect(runs, seeds, extra_metrics=_HEADLINE.value))
 

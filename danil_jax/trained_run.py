@@ -240,7 +240,7 @@ def command_errors_exit():
   from danil_jax import cli  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  with cli.data_errors_exit():
+  with cli.errors_exit():
     try:
       yield
     except (ValueError, FileNotFoundError) as e:
