@@ -29,6 +29,8 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from danil_jax import run_config
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
 _METHODS = flags.DEFINE_list('methods', ['base', 'danil'],
                              'Methods to compare; the first is the reference.')
@@ -142,11 +144,9 @@ def finished_report(workdir: str, config) -> dict | None:
       report = json.load(f)
   except (OSError, ValueError):
     return None
-  def used(tree):
-    return {k: v for k, v in tree.items()
-            if k not in _METHOD_SECTIONS or k == config.method}
-
-  if used(saved) != used(json.loads(config.to_json_best_effort())):
+  unused = [s for s in _METHOD_SECTIONS if s != config.method]
+  if any(run_config.differences(saved, run_config.as_plain(config),
+                                ignore=unused)):
     return None
   return report
 
@@ -316,16 +316,16 @@ def main(argv):
       for seed in seeds:
         directory = run_dir(workdir, method, seed, point)
         if directory not in finished:
-          run_config = config.copy_and_resolve_references()
-          run_config.unlock()
-          run_config.method, run_config.seed = method, seed
+          run_settings = config.copy_and_resolve_references()
+          run_settings.unlock()
+          run_settings.method, run_settings.seed = method, seed
           for key, _, value in point:
             if applies(key, method):
               parent, _, name = key.rpartition('.')
-              (_get(run_config, parent) if parent else run_config)[name] = (
+              (_get(run_settings, parent) if parent else run_settings)[name] = (
                   value)
-          run_config.lock()
-          report = finished_report(directory, run_config)
+          run_settings.lock()
+          report = finished_report(directory, run_settings)
           if is_chief and (report or not _ONLY_FINISHED.value):
             print(f'--- {method}, seed {seed} {point_label(point)}'
                   + (' (finished before)' if report else ''), flush=True)
@@ -333,7 +333,7 @@ def main(argv):
             finished[directory] = None
           elif report is None:
             with cli.errors_exit():
-              report = train.train_and_evaluate(run_config, directory)
+              report = train.train_and_evaluate(run_settings, directory)
           if report is not None:
             finished[directory] = dict(report, **diagnostics(directory))
         if finished[directory] is not None:

@@ -38,6 +38,7 @@ from ml_collections import config_flags
 from configs import default
 from danil_jax import paper_numbers as pn
 from danil_jax import paper_tables
+from danil_jax import run_config
 
 
 def _define_flags() -> None:
@@ -92,16 +93,6 @@ TABLES_FILE = 'paper_tables'
 # Run the emitted jobs from the directory holding the danil_jax package, so
 # they import this checkout's code and configs.
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def flatten(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
 
 
 def dataset_config(name: str):
@@ -265,16 +256,18 @@ def missing_data(runs: list[Run]) -> list[str]:
 
 
 def config_mismatches(run: Run) -> list[str]:
-  """Keys where a finished run's config.json differs from the grid's."""
-  path = os.path.join(run.workdir, 'config.json')
+  """Keys where a finished run's config.json differs from the grid's (keys
+  on one side only, from another danil-jax version, are not compared)."""
+  path = os.path.join(run.workdir, run_config.CONFIG_FILE)
   if not os.path.isfile(path):
     return []
   with open(path) as f:
-    stored = flatten(json.load(f))
-  wanted = flatten(json.loads(run.config.to_json_best_effort()))
-  return [f'{k}: run has {stored[k]!r}, grid asks {wanted[k]!r}'
-          for k in sorted(set(stored) & set(wanted))
-          if k not in INCIDENTAL_KEYS and stored[k] != wanted[k]]
+    stored = json.load(f)
+  changing, observing, _ = run_config.differences(
+      stored, run_config.as_plain(run.config), ignore=INCIDENTAL_KEYS)
+  return [f'{key}: run has {old!r}, grid asks {new!r}'
+          for key, old, new in sorted(changing + observing,
+                                      key=lambda entry: entry[0])]
 
 
 def check_finished(runs: list[Run]) -> None:
@@ -297,10 +290,10 @@ def _flag_value(value) -> str:
 def job_command(run: Run) -> str:
   """A shell line that trains `run` exactly as the runner would."""
   config_file = importlib.import_module(f'configs.{run.dataset}').__file__
-  reference = flatten(dataset_config(run.dataset).to_dict())
+  reference = run_config.flatten(dataset_config(run.dataset).to_dict())
   args = ['python', '-m', 'danil_jax.main', f'--config={config_file}',
           f'--workdir={run.workdir}']
-  for key, value in flatten(run.config.to_dict()).items():
+  for key, value in run_config.flatten(run.config.to_dict()).items():
     if key not in reference:
       raise ValueError(f'{key} is not in configs/{run.dataset}.py')
     if (key in GRID_KEYS or value != reference[key]
@@ -324,7 +317,7 @@ def headline_metrics(runs: list[Run], extra=()) -> list[str]:
   """Metrics named by --headline_metrics or a config's '*headline*' key."""
   names = list(extra)
   for run in runs:
-    for key, value in flatten(run.config.to_dict()).items():
+    for key, value in run_config.flatten(run.config.to_dict()).items():
       if 'headline' in key.rsplit('.', 1)[-1] and isinstance(
           value, (str, list, tuple)):
         for name in [value] if isinstance(value, str) else value:

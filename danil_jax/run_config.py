@@ -66,31 +66,36 @@ def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def _as_plain(config: ml_collections.ConfigDict) -> dict:
-  # Through JSON, so both sides compare as config.json holds them (tuples
-  # become lists and so on).
+def as_plain(config: ml_collections.ConfigDict) -> dict:
+  """`config` as config.json holds it, so both sides of a comparison do."""
+  # Through JSON: tuples become lists and so on.
   return json.loads(config.to_json_best_effort())
 
 
-def _observe_only(key: str) -> bool:
-  return any(key == p or key.startswith(p + '.') for p in OBSERVE_ONLY)
+def _under(key: str, prefixes) -> bool:
+  return any(key == p or key.startswith(p + '.') for p in prefixes)
 
 
-def differences(old: dict, new: dict) -> tuple[list, list, list]:
+def differences(old: dict, new: dict, *,
+                ignore=()) -> tuple[list, list, list]:
   """(result-changing, observe-only, one-sided) differences as
-  (key, old value, new value), with `MISSING` for an absent key."""
+  (key, old value, new value), with `MISSING` for an absent key.
+
+  Each list is sorted by key. Keys under an `ignore` prefix (dotted, as in
+  `OBSERVE_ONLY`) are left out.
+  """
   old_flat, new_flat = flatten(old), flatten(new)
   cosine = new_flat.get('optim.schedule') == 'cosine'
   changing, observing, one_sided = [], [], []
   for key in sorted(set(old_flat) | set(new_flat)):
     old_value = old_flat.get(key, MISSING)
     new_value = new_flat.get(key, MISSING)
-    if old_value == new_value:
+    if old_value == new_value or _under(key, ignore):
       continue
     entry = (key, old_value, new_value)
     if old_value is MISSING or new_value is MISSING:
       one_sided.append(entry)
-    elif _observe_only(key) and not (key == 'num_epochs' and cosine):
+    elif _under(key, OBSERVE_ONLY) and not (key == 'num_epochs' and cosine):
       observing.append(entry)
     else:
       changing.append(entry)
@@ -119,7 +124,7 @@ def pin(config: ml_collections.ConfigDict, workdir: str, *,
   than the first) compares without writing.
   """
   path = epath.Path(workdir) / CONFIG_FILE
-  new = _as_plain(config)
+  new = as_plain(config)
   if not path.exists():
     if write:
       _write(path, config)
