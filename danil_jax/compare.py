@@ -29,6 +29,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from danil_jax import comparison
 from danil_jax import run_config
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
@@ -44,11 +45,6 @@ _ONLY_FINISHED = flags.DEFINE_bool(
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 
-METRICS = ('macro_f1', 'accuracy')
-# Read from each DANIL run's metrics.jsonl: whether the term acts at all.
-DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')
-# Config sections only one method reads.
-_METHOD_SECTIONS = ('danil', 'ohem')
 SWEEP_PLOT = 'sweep.png'
 
 
@@ -113,17 +109,11 @@ def grid(sweep) -> list[tuple[tuple[str, str, object], ...]]:
         for key, values in sweep]))
 
 
-def applies(key: str, method: str) -> bool:
-  """Whether config `key` can change a `method` run."""
-  section = key.split('.')[0]
-  return section not in _METHOD_SECTIONS or section == method
-
-
 def run_dir(workdir: str, method: str, seed: int, point=()) -> str:
   """WORKDIR/<method>[_<key>=<value>...]_seed<seed>, naming only the swept
   keys that change this method's run."""
   swept = ''.join(f'_{key}={text}' for key, text, _ in point
-                  if applies(key, method))
+                  if comparison.applies(key, method))
   return os.path.join(workdir, f'{method}{swept}_seed{seed}')
 
 
@@ -144,7 +134,7 @@ def finished_report(workdir: str, config) -> dict | None:
       report = json.load(f)
   except (OSError, ValueError):
     return None
-  unused = [s for s in _METHOD_SECTIONS if s != config.method]
+  unused = [s for s in comparison.METHOD_SECTIONS if s != config.method]
   if any(run_config.differences(saved, run_config.as_plain(config),
                                 ignore=unused)):
     return None
@@ -157,133 +147,8 @@ def diagnostics(workdir: str) -> dict:
   records = [r for r in run_log.MetricsLog(workdir).read()
              if r.get('kind') == 'train']
   return {key: float(np.median([r[key] for r in records if key in r]))
-          for key in DIAGNOSTICS if any(key in r for r in records)}
-
-
-def summarize(results: dict[str, dict[int, dict]]) -> dict:
-  """{method: {seed: final metrics}} -> mean, sd and paired differences.
-
-  The standard deviation is the sample one (ddof=1); the differences pair each
-  method with the first one on the seeds both have.
-  """
-  methods = list(results)
-  reference = results[methods[0]]
-  summary = {}
-  for method in methods:
-    entry = dict(seeds=sorted(results[method]))
-    for metric in METRICS:
-      values = np.array([results[method][s][metric] for s in entry['seeds']])
-      entry[metric] = dict(
-          mean=float(values.mean()),
-          sd=float(values.std(ddof=1)) if len(values) > 1 else float('nan'),
-          values=values.tolist())
-      if method != methods[0]:
-        common = [s for s in entry['seeds'] if s in reference]
-        diff = np.array([results[method][s][metric] - reference[s][metric]
-                         for s in common])
-        entry[metric][f'minus_{methods[0]}'] = dict(
-            mean=float(diff.mean()),
-            sd=float(diff.std(ddof=1)) if len(diff) > 1 else float('nan'))
-    for key in DIAGNOSTICS:  # DANIL runs' medians over their logged steps
-      values = [results[method][s][key] for s in entry['seeds']
-                if key in results[method][s]]
-      if values:
-        entry[key] = dict(
-            mean=float(np.mean(values)),
-            sd=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            values=values)
-    summary[method] = entry
-  return summary
-
-
-def format_summary(summary: dict) -> str:
-  methods = list(summary)
-  ratio = DIAGNOSTICS[0]
-  lines = [f"{'method':<8} {'seeds':>5}  " + '  '.join(
-      f'{m:>34}' for m in METRICS) + f"  {'grad ratio':>10}"]
-  for method in methods:
-    entry = summary[method]
-    cells = []
-    for metric in METRICS:
-      value = entry[metric]
-      cell = f"{value['mean']:.4f} +- {value['sd']:.4f}"
-      paired = value.get(f'minus_{methods[0]}')
-      if paired:
-        cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
-      cells.append(f'{cell:>34}')
-    cells.append(f"{entry[ratio]['mean']:>10.3g}" if ratio in entry
-                 else f"{'-':>10}")
-    lines.append(f"{method:<8} {len(entry['seeds']):>5}  " + '  '.join(cells))
-  lines.append(f'mean +- sample sd over seeds; (+x +- s): mean and sample sd '
-               f'of the paired difference to {methods[0]} on the same seeds; '
-               'grad ratio: '
-               '||g_d|| / ||g_ce||, median over logged steps, mean over seeds.')
-  return '\n'.join(lines)
-
-
-def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
-  """Each metric (and DANIL's grad ratio) against the last numeric swept key,
-  mean +- sd over seeds, one line per method and value of the other keys."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')  # no display on servers and CI
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  numeric = [i for i, (_, values) in enumerate(sweep)
-             if all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                    for _, v in values)]
-  x_index = numeric[-1] if numeric else len(sweep) - 1
-  x_key, x_values = sweep[x_index]
-  positions = {text: (value if numeric else i)
-               for i, (text, value) in enumerate(x_values)}
-  series = {}  # (method, other keys' texts) -> [(x, entry)]
-  for point, summary in summaries:
-    for method, entry in summary.items():
-      others = tuple(f'{k}={t}' for i, (k, t, _) in enumerate(point)
-                     if i != x_index and applies(k, method))
-      series.setdefault((method, others), {})[point[x_index][1]] = entry
-  values = list(positions.values())
-  log_x = bool(numeric) and min(values) > 0 and max(values) / min(values) >= 100
-  span = (max(values) - min(values)) or abs(values[0]) or 1.0
-  reference = next(iter(summaries[0][1]))
-  paired = f'minus_{reference}'
-  panels = [(m, None) for m in METRICS] + [
-      (METRICS[0], paired), (DIAGNOSTICS[0], None)]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4))
-  for ax, (key, field) in zip(axes, panels):
-    for index, ((method, others), by_x) in enumerate(sorted(series.items())):
-      points = [(positions[t], e[key][field] if field else e[key])
-                for t, e in by_x.items()
-                if key in e and (field is None or field in e[key])]
-      if not points:
-        continue
-      xs, cells = zip(*sorted(points))
-      # Side by side rather than on top of each other.
-      shift = index - (len(series) - 1) / 2
-      xs = [x * 1.06 ** shift if log_x else x + 0.012 * span * shift
-            for x in xs]
-      ax.errorbar(xs, [c['mean'] for c in cells],
-                  yerr=[c.get('sd', 0.0) for c in cells], marker='o',
-                  capsize=3, color=f'C{index}', alpha=0.85,
-                  label=' '.join((method,) + others))
-    ax.set_xlabel(x_key)
-    if log_x:
-      ax.set_xscale('log')
-    if not numeric:
-      ax.set_xticks(values, list(positions))
-    if key == DIAGNOSTICS[0]:
-      ax.set_yscale('log')
-      ax.set_title('||g_d|| / ||g_ce|| (median over steps)', fontsize=10)
-    elif field == paired:
-      ax.axhline(0.0, color='gray', lw=0.8)
-      ax.set_title(f'{key} minus {reference}, paired (mean +- sd)',
-                   fontsize=10)
-    else:
-      ax.set_title(f'{key} (mean +- sd over seeds)', fontsize=10)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
-  return path
+          for key in comparison.DIAGNOSTICS
+          if any(key in r for r in records)}
 
 
 def main(argv):
@@ -304,55 +169,85 @@ def main(argv):
   from danil_jax import cli  # pylint: disable=g-import-not-at-top
   cli.setup(config)  # before anything touches the JAX backend
   import jax  # pylint: disable=g-import-not-at-top
-  from danil_jax import train  # pylint: disable=g-import-not-at-top
   is_chief = jax.process_index() == 0
   workdir = _WORKDIR.value
   finished = {}  # run dir -> results, so shared runs are trained once
   summaries = []
   for point in grid(sweep):
-    results = {}
-    for method in _METHODS.value:
-      results[method] = {}
-      for seed in seeds:
-        directory = run_dir(workdir, method, seed, point)
-        if directory not in finished:
-          run_settings = config.copy_and_resolve_references()
-          run_settings.unlock()
-          run_settings.method, run_settings.seed = method, seed
-          for key, _, value in point:
-            if applies(key, method):
-              parent, _, name = key.rpartition('.')
-              (_get(run_settings, parent) if parent else run_settings)[name] = (
-                  value)
-          run_settings.lock()
-          report = finished_report(directory, run_settings)
-          if is_chief and (report or not _ONLY_FINISHED.value):
-            print(f'--- {method}, seed {seed} {point_label(point)}'
-                  + (' (finished before)' if report else ''), flush=True)
-          if report is None and _ONLY_FINISHED.value:
-            finished[directory] = None
-          elif report is None:
-            with cli.errors_exit():
-              report = train.train_and_evaluate(run_settings, directory)
-          if report is not None:
-            finished[directory] = dict(report, **diagnostics(directory))
-        if finished[directory] is not None:
-          results[method][seed] = finished[directory]
+    results = _point_results(config, workdir, seeds, point, finished,
+                             is_chief)
     if all(results.values()):
-      summaries.append((point, summarize(results)))
+      summaries.append((point, comparison.summarize(results)))
     elif is_chief:
       print(f'--- {point_label(point)}: no finished run of '
             f'{[m for m, r in results.items() if not r]}, left out')
   if not summaries:
     raise app.UsageError('no finished runs to summarise')
-  if not is_chief:
-    return
+  if is_chief:
+    _write_comparison(config, workdir, sweep, summaries)
+
+
+def _point_results(config, workdir: str, seeds, point, finished: dict,
+                   is_chief: bool) -> dict[str, dict[int, dict]]:
+  """{method: {seed: results}} of one sweep point's finished runs, the others
+  trained first unless --only_finished. `finished` maps each run directory
+  already seen to its results (None: unfinished), so points share runs."""
+  results = {}
+  for method in _METHODS.value:
+    results[method] = {}
+    for seed in seeds:
+      directory = run_dir(workdir, method, seed, point)
+      if directory not in finished:
+        finished[directory] = _finish(
+            _run_settings(config, method, seed, point), directory,
+            label=f'{method}, seed {seed} {point_label(point)}',
+            is_chief=is_chief)
+      if finished[directory] is not None:
+        results[method][seed] = finished[directory]
+  return results
+
+
+def _run_settings(config, method: str, seed: int, point):
+  """`config` for one run: its method, seed and the swept values that apply
+  to the method."""
+  settings = config.copy_and_resolve_references()
+  settings.unlock()
+  settings.method, settings.seed = method, seed
+  for key, _, value in point:
+    if comparison.applies(key, method):
+      parent, _, name = key.rpartition('.')
+      (_get(settings, parent) if parent else settings)[name] = value
+  settings.lock()
+  return settings
+
+
+def _finish(settings, directory: str, *, label: str,
+            is_chief: bool) -> dict | None:
+  """A run's final metrics and diagnostics: read if it finished before, else
+  trained (None with --only_finished)."""
+  from danil_jax import cli  # pylint: disable=g-import-not-at-top
+  from danil_jax import train  # pylint: disable=g-import-not-at-top
+  report = finished_report(directory, settings)
+  if is_chief and (report or not _ONLY_FINISHED.value):
+    print(f'--- {label}' + (' (finished before)' if report else ''),
+          flush=True)
+  if report is None and _ONLY_FINISHED.value:
+    return None
+  if report is None:
+    with cli.errors_exit():
+      report = train.train_and_evaluate(settings, directory)
+  return dict(report, **diagnostics(directory))
+
+
+def _write_comparison(config, workdir: str, sweep, summaries) -> None:
+  """WORKDIR/comparison.json, the tables on stdout and, with a sweep,
+  WORKDIR/sweep.png."""
   header = (f'\n{config.dataset.name} / {config.model.name}, split '
             f'{config.dataset.eval_split}')
   if not sweep:
     with open(os.path.join(workdir, 'comparison.json'), 'w') as f:
       json.dump(summaries[0][1], f, indent=2)
-    print(header + ':\n' + format_summary(summaries[0][1]))
+    print(header + ':\n' + comparison.format_summary(summaries[0][1]))
     return
   with open(os.path.join(workdir, 'comparison.json'), 'w') as f:
     json.dump(dict(sweep=[[key, [t for t, _ in values]]
@@ -361,9 +256,11 @@ def main(argv):
                                 summary=summary)
                            for point, summary in summaries]), f, indent=2)
   for point, summary in summaries:
-    print(f'{header}, {point_label(point)}:\n' + format_summary(summary))
-  print(f'\nwrote {plot_sweep(summaries, sweep, os.path.join(workdir, SWEEP_PLOT))}')
-
+    print(f'{header}, {point_label(point)}:\n'
+          + comparison.format_summary(summary))
+  plot = comparison.plot_sweep(summaries, sweep,
+                               os.path.join(workdir, SWEEP_PLOT))
+  print(f'\nwrote {plot}')
 
 if __name__ == '__main__':
   app.run(main)

@@ -23,7 +23,6 @@ i); `--collect` only reads finished runs. Every mode ends by writing
 WORKDIR/paper_tables.{md,json} and printing the tables.
 """
 
-import ast
 import importlib
 import json
 import os
@@ -36,6 +35,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import default
+from danil_jax import paper_grid
 from danil_jax import paper_numbers as pn
 from danil_jax import paper_tables
 from danil_jax import run_config
@@ -53,11 +53,13 @@ def _define_flags() -> None:
                                 'Data sets: configs/<name>.py.')
   _BACKBONES = flags.DEFINE_list('backbones', list(pn.BACKBONES),
                                  'Backbones (config.model.name).')
-  _METHODS = flags.DEFINE_list('methods', list(pn.RUN_METHODS),
-                               'Methods (config.method); base is the reference.')
+  _METHODS = flags.DEFINE_list(
+      'methods', list(pn.RUN_METHODS),
+      'Methods (config.method); base is the reference.')
   _PRETRAINED_ROOT = flags.DEFINE_string(
       'pretrained_root', None,
-      "One folder per backbone from danil_jax.convert; '' trains from scratch (not the paper's setting).")
+      "One folder per backbone from danil_jax.convert; '' trains from "
+      "scratch (not the paper's setting).")
   _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                   'dataset.data_dir of every data set.')
   _MANUAL_ROOT = flags.DEFINE_string(
@@ -78,138 +80,15 @@ def _define_flags() -> None:
                                   'configs/default.py).', lock_config=True)
 
 
-# Keys the grid sets, and keys that only make sense per data set.
-GRID_KEYS = ('method', 'seed', 'model.name', 'model.pretrained',
-             'dataset.name')
-PER_DATASET_KEYS = ('dataset.num_classes', 'dataset.manual_dir',
-                    'dataset.builder_config')
 # Keys that may differ between a finished run and the grid without changing
 # its result.
 INCIDENTAL_KEYS = ('dataset.data_dir', 'dataset.manual_dir',
                    'input.num_workers', 'log_every_steps',
                    'checkpoint_every_steps', 'keep_checkpoints', 'distributed')
-FINAL_METRICS = 'final_metrics.json'
 TABLES_FILE = 'paper_tables'
 # Run the emitted jobs from the directory holding the danil_jax package, so
 # they import this checkout's code and configs.
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def dataset_config(name: str):
-  try:
-    return importlib.import_module(f'configs.{name}').get_config()
-  except ModuleNotFoundError:
-    raise ValueError(f'no configs/{name}.py for data set {name!r}') from None
-
-
-def parse_value(text: str, current, key: str):
-  """A command-line string as the type of the config field it replaces."""
-  try:
-    if isinstance(current, bool):
-      if text.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(text)
-      return text.lower() in ('true', '1')
-    if isinstance(current, (int, float)):
-      return type(current)(text)
-    if isinstance(current, (tuple, list)):
-      value = ast.literal_eval(text)
-      return type(current)(value if isinstance(value, (tuple, list))
-                           else (value,))
-    return text
-  except (ValueError, SyntaxError):
-    raise ValueError(f'{key}={text!r}: expected a {type(current).__name__}'
-                     ) from None
-
-
-def apply_overrides(config, overrides: dict, where: str) -> None:
-  """Sets dotted `key: value` pairs; a key `config` lacks is an error."""
-  for key, value in overrides.items():
-    node, *path = [config] + key.split('.')
-    for part in path[:-1]:
-      node = node.get(part) if hasattr(node, 'get') else None
-    if not hasattr(node, 'get') or path[-1] not in node:
-      raise ValueError(f'{where}: no config key {key!r}')
-    if isinstance(value, str) and not isinstance(node[path[-1]], str):
-      value = parse_value(value, node[path[-1]], key)
-    node[path[-1]] = value
-
-
-def parse_dataset_overrides(items, datasets) -> dict[str, dict]:
-  """['ham10000:a.b=1', ...] -> {'ham10000': {'a.b': '1'}}."""
-  out = {name: {} for name in datasets}
-  for item in items:
-    name, sep, assignment = item.partition(':')
-    key, eq, value = assignment.partition('=')
-    if not sep or not eq:
-      raise ValueError(f'--dataset_config={item!r}: expected NAME:key=value')
-    if name not in out:
-      raise ValueError(f'--dataset_config={item!r}: {name!r} is not in '
-                       f'--datasets={",".join(datasets)}')
-    if key in GRID_KEYS:
-      raise ValueError(f'--dataset_config={item!r}: {key} is set by the grid')
-    out[name][key] = value
-  return out
-
-
-class Run:
-  """One cell of the grid: where it lives and its full config."""
-
-  def __init__(self, dataset, backbone, method, seed, workdir, config):
-    self.dataset, self.backbone, self.method = dataset, backbone, method
-    self.seed, self.config = seed, config
-    # As danil_jax.compare names its runs (that module defines flags, so
-    # cannot be imported by another command).
-    self.workdir = os.path.join(workdir, dataset, backbone,
-                                f'{method}_seed{seed}')
-
-  @property
-  def key(self):
-    return (self.dataset, self.backbone, self.method)
-
-  def finished(self) -> bool:
-    return os.path.isfile(os.path.join(self.workdir, FINAL_METRICS))
-
-
-def plan(workdir: str, *, datasets, backbones, methods, seeds,
-         pretrained_root: str, config_overrides: dict,
-         data_dir: str | None = None, manual_root: str | None = None,
-         dataset_overrides: dict | None = None) -> list[Run]:
-  """The grid's runs; every override is checked against every config."""
-  for key in config_overrides:
-    if key in GRID_KEYS or key in PER_DATASET_KEYS:
-      raise ValueError(
-          f'--config.{key} is set per run: use --datasets/--backbones/'
-          '--methods/--seeds/--pretrained_root, --manual_root or '
-          '--dataset_config=NAME:key=value')
-  unknown = [m for m in methods if m not in pn.RUN_METHODS]
-  if unknown:
-    raise ValueError(f'--methods: {unknown} not in {list(pn.RUN_METHODS)}')
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  runs = []
-  for dataset in datasets:
-    base = dataset_config(dataset)
-    apply_overrides(base, config_overrides, f'configs/{dataset}.py')
-    if data_dir:
-      base.dataset.data_dir = data_dir
-    if manual_root:
-      base.dataset.manual_dir = os.path.join(manual_root, dataset)
-    apply_overrides(base, (dataset_overrides or {}).get(dataset, {}),
-                    f'--dataset_config for {dataset}')
-    for key in ('data_dir', 'manual_dir'):  # jobs run from another folder
-      path = base.dataset[key]
-      if path and not path.startswith('~'):
-        base.dataset[key] = os.path.abspath(path)
-    for backbone in backbones:
-      for method in methods:
-        for seed in seeds:
-          config = base.copy_and_resolve_references()
-          config.model.name = backbone
-          config.model.pretrained = (os.path.join(pretrained_root, backbone)
-                                     if pretrained_root else '')
-          config.method, config.seed = method, seed
-          config.lock()
-          runs.append(Run(dataset, backbone, method, seed, workdir, config))
-  return runs
 
 
 def missing_pretrained(pretrained_root: str, backbones) -> list[str]:
@@ -233,7 +112,7 @@ def missing_pretrained(pretrained_root: str, backbones) -> list[str]:
   return problems
 
 
-def missing_data(runs: list[Run]) -> list[str]:
+def missing_data(runs: list[paper_grid.Run]) -> list[str]:
   """The archives each unbuilt data set still needs, one message each."""
   import data_prep  # pylint: disable=g-import-not-at-top
   from data_prep import common  # pylint: disable=g-import-not-at-top
@@ -255,7 +134,7 @@ def missing_data(runs: list[Run]) -> list[str]:
   return problems
 
 
-def config_mismatches(run: Run) -> list[str]:
+def config_mismatches(run: paper_grid.Run) -> list[str]:
   """Keys where a finished run's config.json differs from the grid's (keys
   on one side only, from another danil-jax version, are not compared)."""
   path = os.path.join(run.workdir, run_config.CONFIG_FILE)
@@ -270,7 +149,7 @@ def config_mismatches(run: Run) -> list[str]:
                                       key=lambda entry: entry[0])]
 
 
-def check_finished(runs: list[Run]) -> None:
+def check_finished(runs: list[paper_grid.Run]) -> None:
   problems = []
   for run in runs:
     if run.finished():
@@ -287,25 +166,26 @@ def _flag_value(value) -> str:
   return repr(value) if isinstance(value, float) else str(value)
 
 
-def job_command(run: Run) -> str:
+def job_command(run: paper_grid.Run) -> str:
   """A shell line that trains `run` exactly as the runner would."""
   config_file = importlib.import_module(f'configs.{run.dataset}').__file__
-  reference = run_config.flatten(dataset_config(run.dataset).to_dict())
+  reference = run_config.flatten(
+      paper_grid.dataset_config(run.dataset).to_dict())
   args = ['python', '-m', 'danil_jax.main', f'--config={config_file}',
           f'--workdir={run.workdir}']
   for key, value in run_config.flatten(run.config.to_dict()).items():
     if key not in reference:
       raise ValueError(f'{key} is not in configs/{run.dataset}.py')
-    if (key in GRID_KEYS or value != reference[key]
+    if (key in paper_grid.GRID_KEYS or value != reference[key]
         or type(value) is not type(reference[key])):
       args.append(f'--config.{key}={_flag_value(value)}')
   return (f'cd {shlex.quote(CODE_ROOT)} && '
           + ' '.join(shlex.quote(a) for a in args))
 
 
-def final_metrics(run: Run) -> dict[str, float]:
+def final_metrics(run: paper_grid.Run) -> dict[str, float]:
   """A finished run's scalar test metrics (the last model's, if labelled)."""
-  with open(os.path.join(run.workdir, FINAL_METRICS)) as f:
+  with open(os.path.join(run.workdir, paper_grid.FINAL_METRICS)) as f:
     final = json.load(f)
   if 'macro_f1' not in final and isinstance(final.get('last'), dict):
     final = final['last']
@@ -313,7 +193,7 @@ def final_metrics(run: Run) -> dict[str, float]:
           if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def headline_metrics(runs: list[Run], extra=()) -> list[str]:
+def headline_metrics(runs: list[paper_grid.Run], extra=()) -> list[str]:
   """Metrics named by --headline_metrics or a config's '*headline*' key."""
   names = list(extra)
   for run in runs:
@@ -327,7 +207,7 @@ def headline_metrics(runs: list[Run], extra=()) -> list[str]:
   return names
 
 
-def collect(runs: list[Run], seeds, *, extra_metrics=()) -> dict:
+def collect(runs: list[paper_grid.Run], seeds, *, extra_metrics=()) -> dict:
   results = {}
   for run in runs:
     if run.finished():
@@ -376,50 +256,67 @@ def main(argv):
                          ) from None
   pretrained_root = os.path.expanduser(_PRETRAINED_ROOT.value or '')
   try:
-    runs = plan(
+    runs = paper_grid.plan(
         _WORKDIR.value, datasets=_DATASETS.value, backbones=_BACKBONES.value,
         methods=_METHODS.value, seeds=seeds, pretrained_root=pretrained_root,
         config_overrides=config_flags.get_override_values(
             flags.FLAGS['config']),
         data_dir=_DATA_DIR.value, manual_root=_MANUAL_ROOT.value,
-        dataset_overrides=parse_dataset_overrides(_DATASET_CONFIG.value,
-                                                  _DATASETS.value))
+        dataset_overrides=paper_grid.parse_dataset_overrides(
+            _DATASET_CONFIG.value, _DATASETS.value))
     check_finished(runs)
   except ValueError as e:
     sys.exit(f'error: {e}')
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   todo = [r for r in runs if not r.finished()]
   if not _COLLECT.value and todo:
-    problems = missing_pretrained(pretrained_root, _BACKBONES.value) if (
-        pretrained_root) else []
-    problems += missing_data(todo)
-    if problems:
-      sys.exit('error: nothing was trained; missing (--pretrained_root=DIR '
-               'holds DIR/<backbone>; --manual_root=DIR holds DIR/<dataset>, '
-               'or --dataset_config=NAME:dataset.manual_dir=PATH):\n  '
-               + '\n  '.join(problems))
-    if not pretrained_root:
-      print('warning: training from scratch (--pretrained_root=\'\'), not '
-            "the paper's ImageNet initialisation", file=sys.stderr)
+    _exit_if_missing(todo, pretrained_root)
   if _EMIT_JOBS.value:
-    with open(_EMIT_JOBS.value, 'w') as f:
-      for run in todo:
-        f.write(job_command(run) + '\n')
-    print(f'{len(todo)} jobs ({len(runs) - len(todo)} runs already finished) '
-          f'in {_EMIT_JOBS.value}; then: python -m danil_jax.paper --collect '
-          'with the same flags', flush=True)
+    _emit_jobs(_EMIT_JOBS.value, todo, num_finished=len(runs) - len(todo))
     return
   if not _COLLECT.value:
-    from danil_jax import cli  # pylint: disable=g-import-not-at-top
-    cli.setup(runs[0].config)  # before anything touches the JAX backend
-    from danil_jax import train  # pylint: disable=g-import-not-at-top
-    for i, run in enumerate(todo):
-      if _is_chief():
-        print(f'--- run {i + 1}/{len(todo)}: {run.dataset} {run.backbone} '
-              f'{run.method} seed {run.seed}', flush=True)
-      with cli.errors_exit():
-        train.train_and_evaluate(run.config, run.workdir)
+    _train_all(runs, todo)
   write_tables(workdir, collect(runs, seeds, extra_metrics=_HEADLINE.value))
+
+
+def _exit_if_missing(todo: list[paper_grid.Run], pretrained_root: str) -> None:
+  """Ends the command, naming what is missing, before anything trains."""
+  problems = missing_pretrained(pretrained_root, _BACKBONES.value) if (
+      pretrained_root) else []
+  problems += missing_data(todo)
+  if problems:
+    sys.exit('error: nothing was trained; missing (--pretrained_root=DIR '
+             'holds DIR/<backbone>; --manual_root=DIR holds DIR/<dataset>, '
+             'or --dataset_config=NAME:dataset.manual_dir=PATH):\n  '
+             + '\n  '.join(problems))
+  if not pretrained_root:
+    print('warning: training from scratch (--pretrained_root=\'\'), not '
+          "the paper's ImageNet initialisation", file=sys.stderr)
+
+
+def _emit_jobs(path: str, todo: list[paper_grid.Run],
+               num_finished: int) -> None:
+  with open(path, 'w') as f:
+    for run in todo:
+      f.write(job_command(run) + '\n')
+  print(f'{len(todo)} jobs ({num_finished} runs already finished) '
+        f'in {path}; then: python -m danil_jax.paper --collect '
+        'with the same flags', flush=True)
+
+
+def _train_all(runs: list[paper_grid.Run], todo: list[paper_grid.Run]) -> None:
+  """Trains the unfinished runs, one after the other."""
+  from danil_jax import cli  # pylint: disable=g-import-not-at-top
+  # Even with nothing to train: the processes of a multi-host job then agree
+  # on which one writes the tables.
+  cli.setup(runs[0].config)  # before anything touches the JAX backend
+  from danil_jax import train  # pylint: disable=g-import-not-at-top
+  for i, run in enumerate(todo):
+    if _is_chief():
+      print(f'--- run {i + 1}/{len(todo)}: {run.dataset} {run.backbone} '
+            f'{run.method} seed {run.seed}', flush=True)
+    with cli.errors_exit():
+      train.train_and_evaluate(run.config, run.workdir)
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from danil_jax import compare
+from danil_jax import comparison
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +22,7 @@ def test_mean_sample_sd_and_paired_difference():
       'danil': {0: dict(macro_f1=0.55, accuracy=0.60),
                 1: dict(macro_f1=0.80, accuracy=0.90)},
   }
-  summary = compare.summarize(results)
+  summary = comparison.summarize(results)
   f1 = summary['danil']['macro_f1']
   assert f1['mean'] == pytest.approx(0.675)
   assert f1['sd'] == pytest.approx(np.sqrt(2 * 0.125 ** 2))  # ddof=1
@@ -30,7 +31,7 @@ def test_mean_sample_sd_and_paired_difference():
   assert f1['minus_base']['sd'] == pytest.approx(np.sqrt(2 * 0.025 ** 2))
   assert summary['base']['accuracy']['sd'] == pytest.approx(np.sqrt(0.02))
   assert 'minus_base' not in summary['base']['accuracy']
-  table = compare.format_summary(summary)
+  table = comparison.format_summary(summary)
   assert '0.6750 +- 0.1768 (+0.0750 +- 0.0354)' in table
 
 

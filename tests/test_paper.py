@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import data_prep
+from danil_jax import paper_grid
 from danil_jax import paper_numbers as pn
 from danil_jax import paper_tables
 from data_prep import testing
@@ -308,22 +309,21 @@ def test_missing_weights_are_named_before_anything_trains(dummy, tmp_path):
 
 
 def test_bad_overrides_name_the_key(tmp_path):
-  from danil_jax import paper
   kw = dict(datasets=['crc_msi'], backbones=['small_resnet'],
             methods=['base'], seeds=[0], pretrained_root='')
   with pytest.raises(ValueError, match="no config key 'optim.lerning_rate'"):
-    paper.plan(str(tmp_path), config_overrides={}, dataset_overrides=dict(
+    paper_grid.plan(str(tmp_path), config_overrides={}, dataset_overrides=dict(
         crc_msi={'optim.lerning_rate': '0.1'}), **kw)
   with pytest.raises(ValueError, match='--config.method is set per run'):
-    paper.plan(str(tmp_path), config_overrides={'method': 'ohem'}, **kw)
+    paper_grid.plan(str(tmp_path), config_overrides={'method': 'ohem'}, **kw)
   with pytest.raises(ValueError, match=r"optim.momentum='fast': expected a "
                      'float'):
-    paper.plan(str(tmp_path), config_overrides={}, dataset_overrides=dict(
+    paper_grid.plan(str(tmp_path), config_overrides={}, dataset_overrides=dict(
         crc_msi={'optim.momentum': 'fast'}), **kw)
-  runs = paper.plan(str(tmp_path), config_overrides={'max_steps': 3},
-                    dataset_overrides=dict(crc_msi={
-                        'dataset.builder_config': 'x',
-                        'input.augment': 'false'}), **kw)
+  runs = paper_grid.plan(str(tmp_path), config_overrides={'max_steps': 3},
+                         dataset_overrides=dict(crc_msi={
+                             'dataset.builder_config': 'x',
+                             'input.augment': 'false'}), **kw)
   config = runs[0].config
   assert (config.max_steps, config.dataset.builder_config,
           config.input.augment) == (3, 'x', False)
@@ -332,9 +332,9 @@ def test_bad_overrides_name_the_key(tmp_path):
 def test_headline_metrics_from_a_config_key_and_labelled_final_metrics(
     tmp_path):
   from danil_jax import paper
-  runs = paper.plan(str(tmp_path), datasets=['crc_msi'],
-                    backbones=['small_resnet'], methods=['base'], seeds=[0],
-                    pretrained_root='', config_overrides={})
+  runs = paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
+                         backbones=['small_resnet'], methods=['base'],
+                         seeds=[0], pretrained_root='', config_overrides={})
   run = runs[0]
   run.config.unlock()
   run.config.eval = dict(headline_metrics=('patient_auroc', 'macro_f1'),
