@@ -124,19 +124,11 @@ def pin(config: ml_collections.ConfigDict, workdir: str, *,
   than the first) compares without writing.
   """
   path = epath.Path(workdir) / CONFIG_FILE
-  new = as_plain(config)
   if not path.exists():
     if write:
       _write(path, config)
     return
-  try:
-    old = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise ConfigChanged(
-        f'{path} cannot be read ({e}); it records the config this workdir '
-        'was trained with. Restore it, or delete it to pin the current '
-        'config.') from None
-  changing, observing, one_sided = differences(old, new)
+  changing, observing, one_sided = differences(_read(path), as_plain(config))
   if observing:
     logging.warning('%s: resuming with changed keys that only extend or '
                     'observe the run:\n%s', path, _lines(observing))
@@ -146,19 +138,8 @@ def pin(config: ml_collections.ConfigDict, workdir: str, *,
                     path, _lines(one_sided))
   if not changing:
     return
-  allowed = config.get('faults', {}).get('allow_config_change', False)
-  if not allowed:
-    cosine_note = ''
-    if any(key == 'num_epochs' for key, _, _ in changing):
-      cosine_note = ('\n(num_epochs sets the length of the cosine schedule: '
-                     'changing it changes the learning rate of the steps to '
-                     'come.)')
-    raise ConfigChanged(
-        f'{workdir} holds a run trained with another config ({path}); these '
-        f'keys change its result, old -> new:\n{_lines(changing)}{cosine_note}'
-        '\nUse a new --workdir for a new run, or pass '
-        '--config.faults.allow_config_change=True to continue this one under '
-        'the new values.')
+  if not config.get('faults', {}).get('allow_config_change', False):
+    raise _changed_error(workdir, path, changing)
   logging.warning('%s: continuing under changed keys that change the result '
                   '(config.faults.allow_config_change), old -> new:\n%s',
                   path, _lines(changing))
@@ -166,6 +147,31 @@ def pin(config: ml_collections.ConfigDict, workdir: str, *,
     path.rename(path.with_name(
         f'{path.name}.{time.strftime("%Y%m%d-%H%M%S")}'))
     _write(path, config)
+
+
+def _read(path: epath.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise ConfigChanged(
+        f'{path} cannot be read ({e}); it records the config this workdir '
+        'was trained with. Restore it, or delete it to pin the current '
+        'config.') from None
+
+
+def _changed_error(workdir: str, path: epath.Path,
+                   changing: list) -> ConfigChanged:
+  cosine_note = ''
+  if any(key == 'num_epochs' for key, _, _ in changing):
+    cosine_note = ('\n(num_epochs sets the length of the cosine schedule: '
+                   'changing it changes the learning rate of the steps to '
+                   'come.)')
+  return ConfigChanged(
+      f'{workdir} holds a run trained with another config ({path}); these '
+      f'keys change its result, old -> new:\n{_lines(changing)}{cosine_note}'
+      '\nUse a new --workdir for a new run, or pass '
+      '--config.faults.allow_config_change=True to continue this one under '
+      'the new values.')
 
 
 def _write(path: epath.Path, config: ml_collections.ConfigDict) -> None:
