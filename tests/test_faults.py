@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -131,13 +132,21 @@ def run_driver(tmp_path, workdir, data_dir, point, at, **overrides):
   # pipe open.
   with open(tmp_path / 'stdout', 'w') as out, open(tmp_path / 'stderr',
                                                    'w') as err:
-    process = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, str(script), str(workdir), data_dir, point, str(at),
          json.dumps(overrides)], cwd=REPO, env=env, stdout=out, stderr=err,
-        timeout=600)
-  process.stdout = (tmp_path / 'stdout').read_text()
-  process.stderr = (tmp_path / 'stderr').read_text()
-  return process
+        start_new_session=True)
+    try:
+      returncode = process.wait(timeout=600)
+    finally:
+      # The grain workers of a killed run outlive it: end its whole session.
+      try:
+        os.killpg(process.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+  return subprocess.CompletedProcess(
+      process.args, returncode, stdout=(tmp_path / 'stdout').read_text(),
+      stderr=(tmp_path / 'stderr').read_text())
 
 
 def checkpoint_arrays(workdir, step):
