@@ -55,9 +55,9 @@ def _epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
 
 def train_batch_indices(num_records: int, *, global_batch_size: int, seed: int,
                         step: int) -> np.ndarray:
-  """Record indices of global batch `step`, in order: a function of (seed, step).
+  """Record indices of global batch `step`, in order.
 
-  Every epoch is a fresh permutation of the records cut into
+  A function of (seed, step) alone: every epoch is a fresh permutation of the records cut into
   `num_records // global_batch_size` batches; the remainder is dropped.
   """
   steps_per_epoch = num_records // global_batch_size

@@ -119,12 +119,9 @@ def test_grain_workers_resume_exactly(tmp_path, data_dir, absl_flags_parsed,
                                       capsys):
   """Real configs decode in 4 grain worker processes, the other tests in
   none. With 2 workers, a run that lost its last checkpoint (as if killed
-  after step 4) resumes from step 4 with the workers' iterator position and
-  replays steps 5-6 and the evaluation (by the workers too) exactly.
-
-  The batches themselves depend on the number of workers (each grain worker
-  batches its own share of the records), so the reference is an
-  uninterrupted run with the same 2 workers.
+  after step 4) resumes from step 4, the input position following from the
+  step, and replays steps 5-6 and the evaluation (by the workers too) as the
+  uninterrupted run did.
   """
   del absl_flags_parsed
   config = small_config(data_dir, num_workers=2, max_steps=6, method='base')
