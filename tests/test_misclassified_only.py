@@ -1,8 +1,9 @@
 """danil_jax.misclassified_only against a naive per-image reference.
 
-The reference takes, for every misclassified image alone, A+ and A- as two
-separate `jax.grad`s of the cross-entropy through the model with fixed
-(running) BatchNorm statistics (Eq. 2-5), in float64.
+The reference takes, for every image alone, A+ and A- as two separate
+`jax.grad`s of the cross-entropy through the model with fixed (running)
+BatchNorm statistics (Eq. 2-4, Algorithm 1 literally), in float64, then
+Ld by the reading's formula (Eq. 5; losses.py's module docstring).
 """
 
 import flax.linen as nn
@@ -30,7 +31,7 @@ class _Net(nn.Module):
     return nn.Dense(CLASSES)(jnp.mean(x, axis=(1, 2)))
 
 
-def _setup(batch=8):
+def _setup(batch=16):
   model = _Net()
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, 6, 6, 2), jnp.float64)
   variables = model.init(jax.random.PRNGKey(1), x, train=False)
@@ -47,45 +48,65 @@ def _logits_fn(model, variables):
       {'params': p, 'batch_stats': variables['batch_stats']}, x, train=False)
 
 
-def _naive_ld(logits_fn, params, x, labels, pred):
-  """(1/B) sum over misclassified images of 1/(||A+ - A-||^2 + eps)."""
-  total = 0.0
-  for i in range(x.shape[0]):
-    if int(pred[i]) == int(labels[i]):
-      continue
+def _naive_ld(logits_fn, params, x, labels, pred, reduction):
+  """Ld of `reduction` from two separate input gradients per image."""
+  batch = x.shape[0]
 
-    def ce(z, y):
-      logits = logits_fn(params, z[None])
-      return optax.softmax_cross_entropy_with_integer_labels(
-          logits, jnp.asarray([y]))[0]
+  def ce(z, y):
+    logits = logits_fn(params, z[None])
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.reshape(y, (1,)))[0]
 
-    a_pos = jax.grad(ce)(x[i], labels[i])
-    a_neg = jax.grad(ce)(x[i], pred[i])
-    total = total + 1.0 / (jnp.sum(jnp.square(a_pos - a_neg)) + EPS)
-  return total / x.shape[0]
+  def distance(image_label_pred):  # one image at a time (a loop, not vmap)
+    image, label, guess = image_label_pred
+    a_pos = jax.grad(ce)(image, label)  # A+ = dL+c/dx      (Eq. 2, 3)
+    a_neg = jax.grad(ce)(image, guess)  # A- = dL-c/dx, y- = pred (Eq. 4)
+    return jnp.sum(jnp.square(a_pos - a_neg))
+
+  distances = jax.lax.map(distance, (x, labels, pred))
+  misclassified = pred != labels
+  if reduction == 'per_image':  # mean over images of Algorithm 1's Ld
+    return jnp.sum(jnp.where(misclassified, 1.0 / (distances + EPS),
+                             0.0)) / batch
+  # The maps of the batch-mean cross-entropy are 1/B of these: the squared
+  # norm of the whole [B, ...] tensor is sum_i d_i / B^2, correct images
+  # included.
+  total = jnp.sum(distances) / batch**2
+  return jnp.where(jnp.any(misclassified), 1.0 / (total + EPS), 0.0)
 
 
 def _labels_with(pred, count):
-  """Labels making the first `count` images (of a fixed permutation)
-  misclassified."""
-  order = np.random.default_rng(count).permutation(pred.shape[0])
-  flip = np.zeros(pred.shape[0], np.int32)
+  """Labels making `count` images misclassified: the first and the last
+  image first (a padded bucket slot repeats one of them in any sensible
+  gather, so forgetting a mask counts it twice), then a fixed permutation."""
+  batch = pred.shape[0]
+  rest = np.random.default_rng(count).permutation(np.arange(1, batch - 1))
+  order = np.concatenate([[0, batch - 1], rest])
+  flip = np.zeros(batch, np.int32)
   flip[order[:count]] = 1
   return (pred + jnp.asarray(flip)) % CLASSES
 
 
 def test_capacities():
+  assert misclassified_only.capacities(16) == [2, 4, 8, 16]
   assert misclassified_only.capacities(8) == [1, 2, 4, 8]
   assert misclassified_only.capacities(12) == [2, 3, 6, 12]
   assert misclassified_only.capacities(2) == [1, 2]
 
 
-# Counts at and just past every bucket boundary of B = 8 (capacities 1, 2,
-# 4, 8), and none: (misclassified count, bucket that must run).
-BOUNDARIES = [(0, 0), (1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (8, 8)]
+# B = 16 (capacities 2, 4, 8, 16): none, 1, exactly B/8, B/8+1, B/4+1,
+# B/2+1 and B misclassified -> (count, bucket that must run).
+BOUNDARIES = [(0, 0), (1, 2), (2, 2), (3, 4), (5, 8), (9, 16), (16, 16)]
 
 
-def test_distraction_matches_naive_per_image_reference():
+def _assert_tree_close(got, want):
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5,
+                               atol=1e-12 + 1e-5 * float(np.abs(w).max()))
+
+
+@pytest.mark.parametrize('reduction', ['per_image', 'batch'])
+def test_distraction_matches_naive_reference(reduction):
   with jax.enable_x64(True):
     model, variables, x = _setup()
     logits_fn = _logits_fn(model, variables)
@@ -94,23 +115,47 @@ def test_distraction_matches_naive_per_image_reference():
     # One executable for every count: the bucket is chosen at run time.
     distraction = jax.jit(
         lambda p, y: misclassified_only.distraction_value_and_grad(
-            logits_fn, p, x, y, pred, eps=EPS))
+            logits_fn, p, x, y, pred, eps=EPS, reduction=reduction))
+    naive = jax.jit(jax.value_and_grad(
+        lambda p, y: _naive_ld(logits_fn, p, x, y, pred, reduction)))
     for count, bucket in BOUNDARIES:
       labels = _labels_with(pred, count)
       ld, grads, used = distraction(params, labels)
-      want, want_grads = jax.value_and_grad(
-          lambda p, y=labels: _naive_ld(logits_fn, p, x, y, pred))(params)
+      want, want_grads = naive(params, labels)
       assert int(used) == bucket, (count, int(used))
       np.testing.assert_allclose(ld, want, rtol=1e-5, atol=0)
-      for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
-        np.testing.assert_allclose(g, w, rtol=1e-5,
-                                   atol=1e-12 + 1e-5 * float(np.abs(w).max()))
+      _assert_tree_close(grads, want_grads)
       assert (float(want) > 0) == (count > 0)
 
 
-def test_train_step_gradient_is_ce_plus_lam_ld():
+def _train_mode_reference(model, variables, x, labels, lam, reduction):
+  """(L+c and its gradient, lam * Ld's gradient): the train-mode
+  cross-entropy with the batch's statistics, Ld naive with the running ones,
+  y- the train-mode prediction."""
+  logits_fn = _logits_fn(model, variables)
+
+  def train_logits(p):
+    return model.apply({'params': p, 'batch_stats': variables[
+        'batch_stats']}, x, train=True, mutable=['batch_stats'])[0]
+
+  pred = jnp.argmax(train_logits(variables['params']), -1)
+
+  def ce(p):
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        train_logits(p), labels))
+
+  def scaled_ld(p):
+    return lam * _naive_ld(logits_fn, p, x, labels, pred, reduction)
+
+  params = variables['params']
+  return (jax.jit(jax.value_and_grad(ce))(params),
+          jax.jit(jax.value_and_grad(scaled_ld))(params), pred)
+
+
+@pytest.mark.parametrize('reduction', ['per_image', 'batch'])
+def test_train_step_gradient_is_ce_plus_lam_ld(reduction):
   """The step's gradient: train-mode L+c (batch statistics, updated) plus
-  lam * the per-image Ld with the running statistics."""
+  lam * the reading's Ld with the running statistics."""
   lam = 0.5
   with jax.enable_x64(True):
     model, variables, x = _setup()
@@ -121,29 +166,32 @@ def test_train_step_gradient_is_ce_plus_lam_ld():
         model, variables, optax.sgd(1.0), jax.random.PRNGKey(2))
     batch = {'image': x, 'label': labels}
     new_state, metrics = jax.jit(lambda s, b: steps.train_step(
-        s, b, method='danil', lam=lam, eps=EPS, misclassified_only=True))(
-            state, batch)
-
-    def train_logits(p):
-      return model.apply({'params': p, 'batch_stats': variables[
-          'batch_stats']}, x, train=True, mutable=['batch_stats'])[0]
-
-    pred = jnp.argmax(train_logits(variables['params']), -1)  # y-: train mode
-
-    def naive_loss(p):
-      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-          train_logits(p), labels))
-      return ce + lam * _naive_ld(logits_fn, p, x, labels, pred)
-
-    want_grads = jax.grad(naive_loss)(variables['params'])
+        s, b, method='danil', lam=lam, eps=EPS, misclassified_only=True,
+        reduction=reduction))(state, batch)
+    (ce, ce_grads), (scaled_ld, ld_grads), pred = _train_mode_reference(
+        model, variables, x, labels, lam, reduction)
+    want_grads = jax.tree.map(jnp.add, ce_grads, ld_grads)
     # SGD with lr 1: params - new params is the gradient.
     grads = jax.tree.map(jnp.subtract, variables['params'], new_state.params)
-    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
-      np.testing.assert_allclose(g, w, rtol=1e-5,
-                                 atol=1e-12 + 1e-5 * float(np.abs(w).max()))
-    np.testing.assert_allclose(metrics['loss'], naive_loss(variables['params']),
-                               rtol=1e-6)
-    assert int(metrics['bucket']) >= int(jnp.sum(pred != labels))
+    _assert_tree_close(grads, want_grads)
+    np.testing.assert_allclose(metrics['loss'], ce + scaled_ld, rtol=1e-6)
+    count = int(jnp.sum(pred != labels))
+    capacity = next(c for c in (0, 2, 4, 8, 16) if c >= count)
+    assert int(metrics['bucket']) == capacity
+    assert {k: float(v) for k, v in metrics.items() if k.startswith(
+        'bucket_')} == {f'bucket_{c}': float(c == capacity)
+                        for c in (0, 2, 4, 8, 16)}
     # BatchNorm statistics updated from the train-mode forward.
     assert not np.allclose(new_state.batch_stats['BatchNorm_0']['mean'],
                            variables['batch_stats']['BatchNorm_0']['mean'])
+
+    # The logged gradient share measures this loss, not the exact one.
+    share = jax.jit(lambda s, b: steps.distraction_gradient_share(
+        s, b, lam=lam, eps=EPS, reduction=reduction,
+        misclassified_only=True))(state, batch)
+    norm = lambda tree: np.sqrt(sum(float(jnp.sum(jnp.square(a)))
+                                    for a in jax.tree.leaves(tree)))
+    np.testing.assert_allclose(share['distraction_grad_ratio'],
+                               norm(ld_grads) / norm(ce_grads), rtol=1e-6)
+    np.testing.assert_allclose(share['distraction_grad_share'],
+                               norm(ld_grads) / norm(want_grads), rtol=1e-6)
