@@ -8,13 +8,14 @@ double backprop through them, need the whole batch.
 
 This mode (`config.danil.misclassified_only`,
 `steps.train_step(misclassified_only=True)`) takes each image's maps with
-the BatchNorm statistics held constant, the running ones (an eval-mode forward: Eq. 2 for
-one image x0, no dropout), so the maps are per image and only the
-misclassified images need them. Those are gathered into the smallest of a
-few static capacity buckets (B/8, B/4, B/2, B) that holds them all, chosen
-with `lax.switch` from the count (none: no double backprop at all), and the
-input VJP and its reverse run over that bucket only. The cross-entropy L+c
-(Eq. 3) and the BatchNorm updates come from the usual train-mode forward.
+the BatchNorm statistics held constant, the running ones (an eval-mode
+forward: Eq. 2 for one image x0, no dropout), so the maps are per image
+and only the misclassified images need them. Those are gathered into the
+smallest of a few static capacity buckets (B/8, B/4, B/2, B) that holds
+them all, chosen with `lax.switch` from the count (none: no double backprop
+at all), and the input VJP and its reverse run over that bucket only. The
+cross-entropy L+c (Eq. 3) and the BatchNorm updates come from the usual
+train-mode forward.
 Both readings of Ld on a batch (`reduction`, `losses.danil_loss`) need the
 misclassified images' maps only: a correct image's map is zero. With
 `map_dtype='float32'` (`steps.train_step`) the maps' forward, input VJP and

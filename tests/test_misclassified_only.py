@@ -6,15 +6,22 @@ BatchNorm statistics (Eq. 2-4, Algorithm 1 literally), in float64, then
 Ld by the reading's formula (Eq. 5; losses.py's module docstring).
 """
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 import pytest
 
+from configs import demo
+from danil_jax import config_checks
 from danil_jax import misclassified_only
+from danil_jax import run_config
 from danil_jax import steps
+from danil_jax import train
 
 EPS = 1e-4
 CLASSES = 3
@@ -195,3 +202,71 @@ def test_train_step_gradient_is_ce_plus_lam_ld(reduction):
                                norm(ld_grads) / norm(ce_grads), rtol=1e-6)
     np.testing.assert_allclose(share['distraction_grad_share'],
                                norm(ld_grads) / norm(want_grads), rtol=1e-6)
+
+
+# ------------------------------------------------------------ in the trainer
+
+
+def _demo_config(data_dir, **danil):
+  config = demo.get_config()
+  config.dataset.data_dir = data_dir
+  config.max_steps = 3
+  config.log_every_steps = 1
+  config.input.global_batch_size = 16
+  config.input.eval_batch_size = 200
+  config.danil.update(danil)
+  return config
+
+
+def test_config_checks_name_the_danil_keys():
+  config = _demo_config('unused', misclassified_only=False,
+                        map_dtype='float32')
+  with pytest.raises(config_checks.ConfigError,
+                     match=r'config\.danil\.map_dtype .*'
+                           r'config\.danil\.misclassified_only=True'):
+    config_checks.check(config)
+  config.danil.misclassified_only = True
+  config_checks.check(config)  # float32 maps in the mode: fine
+  config.danil.skip_correct = True
+  config_checks.check(config)  # redundant in the mode, not an error
+  for key, bad in (('map_dtype', 'bf16'), ('reduction', 'mean')):
+    bad_config = _demo_config('unused', **{key: bad})
+    with pytest.raises(config_checks.ConfigError,
+                       match=rf'config\.danil\.{key} must be one of'):
+      config_checks.check(bad_config)
+  # Loaded from JSON, ConfigDict's own type check does not apply.
+  config = ml_collections.ConfigDict(_demo_config('unused').to_dict())
+  config.danil = ml_collections.ConfigDict(dict(config.danil.to_dict(),
+                                                misclassified_only='yes'))
+  with pytest.raises(config_checks.ConfigError,
+                     match=r'config\.danil\.misclassified_only must be True '
+                           r'or False'):
+    config_checks.check(config)
+
+
+def test_mode_changes_the_pinned_result():
+  old = _demo_config('unused').to_dict()
+  new = _demo_config('unused', misclassified_only=True).to_dict()
+  changing, observing, _ = run_config.differences(old, new)
+  assert [key for key, _, _ in changing] == ['danil.misclassified_only']
+  assert not observing
+
+
+def test_demo_run_in_the_mode_logs_buckets(tmp_path):
+  """3 steps of the demo with misclassified_only: trains, logs `bucket`
+  and how often each capacity of B = 16 ran, and evaluates."""
+  config = _demo_config(str(tmp_path / 'data'), misclassified_only=True)
+  report = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  with open(tmp_path / 'work' / 'metrics.jsonl') as f:
+    lines = [json.loads(line) for line in f]
+  train_lines = [r for r in lines if r['kind'] == 'train']
+  assert [r['step'] for r in train_lines] == [1, 2, 3]
+  for record in train_lines:
+    shares = [record[f'bucket_{c}'] for c in (0, 2, 4, 8, 16)]
+    assert sorted(shares) == [0, 0, 0, 0, 1]  # one step a line
+    ran = (0, 2, 4, 8, 16)[shares.index(1)]
+    assert record['bucket'] == ran
+    assert ran >= round(record['misclassified'] * 16)
+    assert (record['distraction'] > 0) == (ran > 0)
+    assert (record['distraction_grad_share'] > 0) == (ran > 0)
+  assert sum(map(sum, report['confusion_matrix'])) == 800
