@@ -7,6 +7,7 @@ Ld by the reading's formula (Eq. 5; losses.py's module docstring).
 """
 
 import json
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,14 +29,21 @@ CLASSES = 3
 
 
 class _Net(nn.Module):
-  """conv -> BatchNorm -> ReLU -> strided conv -> mean -> dense."""
+  """conv -> BatchNorm -> ReLU -> strided conv -> mean -> dense.
+
+  `dtype` is the compute dtype as in danil_jax.models (None: the inputs').
+  """
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, *, train):
-    x = nn.Conv(4, (3, 3), use_bias=False)(x)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
-    x = nn.relu(nn.Conv(5, (3, 3), strides=(2, 2))(x))
-    return nn.Dense(CLASSES)(jnp.mean(x, axis=(1, 2)))
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    x = nn.Conv(4, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                             dtype=self.dtype)(x))
+    x = nn.relu(nn.Conv(5, (3, 3), strides=(2, 2), dtype=self.dtype)(x))
+    return nn.Dense(CLASSES, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))
 
 
 def _setup(batch=16):
@@ -202,6 +210,56 @@ def test_train_step_gradient_is_ce_plus_lam_ld(reduction):
                                norm(ld_grads) / norm(ce_grads), rtol=1e-6)
     np.testing.assert_allclose(share['distraction_grad_share'],
                                norm(ld_grads) / norm(want_grads), rtol=1e-6)
+
+
+@pytest.mark.parametrize('reduction', ['per_image', 'batch'])
+def test_float32_maps_of_a_bfloat16_model(reduction):
+  """map_dtype='float32': a bf16 model's Ld and its parameter gradient are
+  the float32 model's (naive reference); with 'compute' they are not."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 6, 6, 2), jnp.float32)
+  variables = _Net().init(jax.random.PRNGKey(1), x, train=False)
+  stats = variables['batch_stats']['BatchNorm_0']
+  variables = dict(variables, batch_stats={'BatchNorm_0': dict(
+      mean=stats['mean'] + 0.3, var=stats['var'] * 1.7)})
+  params = variables['params']
+  reference_fn = _logits_fn(_Net(dtype=jnp.float32), variables)
+  pred_eval = jnp.argmax(reference_fn(params, x), -1)
+  labels = _labels_with(pred_eval, 5)
+  state = steps.create_train_state(_Net(dtype=jnp.bfloat16), variables,
+                                   optax.sgd(1.0), jax.random.PRNGKey(2))
+  batch = {'image': x, 'label': labels}
+  # y- of the step: the bf16 model's train-mode prediction.
+  pred = jnp.argmax(state.apply_fn(variables, x, train=True,
+                                   mutable=['batch_stats'])[0], -1)
+  want, want_grads = jax.jit(jax.value_and_grad(
+      lambda p: _naive_ld(reference_fn, p, x, labels, pred, reduction)))(
+          params)
+
+  def errors(map_dtype):
+    """Relative errors of Ld and dLd/dparams from the step's map forward."""
+    maps_fn = steps._eval_logits_fn(state, map_dtype)
+    ld, grads, _ = jax.jit(
+        lambda p: misclassified_only.distraction_value_and_grad(
+            maps_fn, p, x, labels, pred, eps=EPS, reduction=reduction))(params)
+    # Relative to the largest entry of all leaves (some leaves of dLd, e.g.
+    # the head's bias, are exactly zero).
+    scale = max(float(jnp.max(jnp.abs(w)))
+                for w in jax.tree.leaves(want_grads))
+    grad_error = max(float(jnp.max(jnp.abs(g - w))) / scale
+                     for g, w in zip(jax.tree.leaves(grads),
+                                     jax.tree.leaves(want_grads), strict=True))
+    return abs(float(ld) / float(want) - 1), grad_error
+
+  float32_errors, compute_errors = errors('float32'), errors('compute')
+  print(reduction, 'float32', float32_errors, 'compute', compute_errors)
+  assert max(float32_errors) < 1e-5, float32_errors
+  # The bf16 maps are 10x further off at least: the check above can fail.
+  assert min(compute_errors) > 1e-4, compute_errors
+  if reduction == 'batch':  # the step passes map_dtype on (once: compiles)
+    _, metrics = jax.jit(lambda s, b: steps.train_step(
+        s, b, method='danil', lam=1.0, eps=EPS, reduction=reduction,
+        misclassified_only=True, map_dtype='float32'))(state, batch)
+    np.testing.assert_allclose(metrics['distraction'], want, rtol=1e-5)
 
 
 # ------------------------------------------------------------ in the trainer
