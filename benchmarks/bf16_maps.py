@@ -154,11 +154,12 @@ def _errors(ref, got, batch):
   # Images with the same y- and a map (in the mode, a correct image has
   # none).
   same = np.asarray(pred == ref_pred) & (np.asarray(ref_dist) > 0)
-  rel = (np.abs(np.asarray(dist) - np.asarray(ref_dist))
-         / np.asarray(ref_dist))[same]
-  map_err = (np.linalg.norm((got_map - ref_map).reshape(batch, -1), axis=1)
-             / np.linalg.norm(np.asarray(ref_map).reshape(batch, -1),
-                              axis=1))[same]
+  with np.errstate(divide='ignore', invalid='ignore'):  # masked by `same`
+    rel = (np.abs(np.asarray(dist) - np.asarray(ref_dist))
+           / np.asarray(ref_dist))[same]
+    map_err = (np.linalg.norm((got_map - ref_map).reshape(batch, -1), axis=1)
+               / np.linalg.norm(np.asarray(ref_map).reshape(batch, -1),
+                                axis=1))[same]
   return dict(
       distance_median=float(np.median(rel)) if same.any() else None,
       distance_max=float(np.max(rel)) if same.any() else None,
