@@ -19,6 +19,15 @@ and BatchNorm output are rounded to bf16 with a straight-through gradient:
 the forward values of bf16 compute with an exact float32 backward. When the
 two rows agree, the error comes from the bf16 forward (the network is
 another function), not from the precision of the backward or of the map.
+
+Two rows of the misclassified-only mode (`danil_jax/misclassified_only.py`,
+per-image maps of the eval-mode forward with the running statistics),
+against the same maps of the float32 model (y- of the float32 train-mode
+forward): `mode, map_dtype=compute`, the bf16 model's maps; and `mode,
+map_dtype=float32`, the maps through the float32 copy of the bf16 model
+that `steps.train_step(map_dtype='float32')` takes, with y- from the bf16
+train-mode forward as in that step (so `same` counts the images whose bf16
+y- equals the float32 one; on those the map is the float32 one).
 """
 
 from __future__ import annotations
@@ -33,9 +42,12 @@ import flax.linen as nn  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from danil_jax import losses
+from danil_jax import misclassified_only
 from danil_jax import models
+from danil_jax import steps
 from danil_jax.models import layers
 
 
@@ -83,6 +95,26 @@ def maps_and_ld(model, variables, images, labels):
           pred)
 
 
+def mode_maps_and_ld(model, variables, images, labels, map_dtype):
+  """As `maps_and_ld`, in the misclassified-only mode: y- from `model`'s
+  train-mode forward, maps from `steps`' eval-mode map forward."""
+  state = steps.create_train_state(model, variables, optax.sgd(0.0),
+                                   jax.random.PRNGKey(0))
+  pred = jnp.argmax(model.apply(variables, images, train=True,
+                                mutable=['batch_stats'])[0], -1)
+  logits_fn = steps._eval_logits_fn(state, map_dtype)  # the step's maps
+  params = variables['params']
+  logits, vjp = jax.vjp(lambda x: logits_fn(params, x), images)
+  k = logits.shape[-1]
+  (diff,) = vjp(jax.nn.one_hot(pred, k, dtype=logits.dtype)
+                - jax.nn.one_hot(labels, k, dtype=logits.dtype))
+  diff = diff.astype(jnp.float32)
+  distance = jnp.sum(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+  ld, _, _ = misclassified_only.distraction_value_and_grad(
+      logits_fn, params, images, labels, pred, eps=1e-4)
+  return diff, distance, ld, pred
+
+
 def relative_errors(model_name, size, batch, num_classes=7, seed=0):
   """{variant: dict(distance_median, distance_max, ld, map_median)}."""
   rng = np.random.default_rng(seed)
@@ -96,26 +128,44 @@ def relative_errors(model_name, size, batch, num_classes=7, seed=0):
             (num_classes - 1)) % num_classes
   ref_map, ref_dist, ref_ld, ref_pred = jax.jit(
       lambda v: maps_and_ld(f32, v, images, labels))(variables)
-  out = {}
-  variants = {
-      'bfloat16': models.create(model_name, num_classes, dtype=jnp.bfloat16),
+  bf16 = models.create(model_name, num_classes, dtype=jnp.bfloat16)
+  train_mode = {
+      'bfloat16': bf16,
       'bf16 forward, f32 backward': Bf16ForwardF32Backward(f32)}
-  for name, model in variants.items():
-    got_map, dist, ld, pred = jax.jit(
-        lambda v, m=model: maps_and_ld(m, v, images, labels))(variables)
-    same = np.asarray(pred == ref_pred)
+  variants = {name: (lambda v, m=model: maps_and_ld(m, v, images, labels))
+              for name, model in train_mode.items()}
+  mode_ref = jax.jit(lambda v: mode_maps_and_ld(f32, v, images, labels,
+                                                'compute'))(variables)
+  for map_dtype in ('compute', 'float32'):
+    variants[f'mode, map_dtype={map_dtype}'] = (
+        lambda v, d=map_dtype: mode_maps_and_ld(bf16, v, images, labels, d))
+  out = {}
+  for name, fn in variants.items():
+    got_map, dist, ld, pred = jax.jit(fn)(variables)
+    ref = mode_ref if name.startswith('mode') else (ref_map, ref_dist,
+                                                     ref_ld, ref_pred)
+    out[name] = _errors(ref, (got_map, dist, ld, pred), batch)
+  return out
+
+
+def _errors(ref, got, batch):
+  ref_map, ref_dist, ref_ld, ref_pred = ref
+  got_map, dist, ld, pred = got
+  # Images with the same y- and a map (in the mode, a correct image has
+  # none).
+  same = np.asarray(pred == ref_pred) & (np.asarray(ref_dist) > 0)
+  with np.errstate(divide='ignore', invalid='ignore'):  # masked by `same`
     rel = (np.abs(np.asarray(dist) - np.asarray(ref_dist))
            / np.asarray(ref_dist))[same]
     map_err = (np.linalg.norm((got_map - ref_map).reshape(batch, -1), axis=1)
                / np.linalg.norm(np.asarray(ref_map).reshape(batch, -1),
                                 axis=1))[same]
-    out[name] = dict(
-        distance_median=float(np.median(rel)) if same.any() else None,
-        distance_max=float(np.max(rel)) if same.any() else None,
-        ld=float(abs(ld - ref_ld) / ref_ld),
-        map_median=float(np.median(map_err)) if same.any() else None,
-        same_prediction=f'{int(same.sum())}/{batch}')
-  return out
+  return dict(
+      distance_median=float(np.median(rel)) if same.any() else None,
+      distance_max=float(np.max(rel)) if same.any() else None,
+      ld=float(abs(ld - ref_ld) / ref_ld),
+      map_median=float(np.median(map_err)) if same.any() else None,
+      same_prediction=f'{int(same.sum())}/{batch}')
 
 
 def main():

@@ -39,7 +39,10 @@ print("jax", jax.__version__, jax.devices(), "flax", flax.__version__,
       "timm", timm.__version__, "torchvision", torchvision.__version__)' \
   2>&1 | tee -a "$LOG" || exit 1
 
-ALL=forward,plain,ohem,danil,danil_2grad,danil_correct,danil_skip,danil_skip_correct
+ALL=forward,plain,ohem,danil,danil_2grad,danil_correct,danil_skip,danil_skip_correct,danil_eighth,danil_mo,danil_mo_eighth
+# The reading of the DANIL variants' Ld (step_cost.py --reduction); the
+# trainer's default (the two cost alike on the CPU, benchmarks/README.md).
+REDUCTION=${REDUCTION:-batch}
 # The issue's five variants; a short lease may want OTHERS=forward,plain,danil.
 OTHERS=${OTHERS:-forward,plain,ohem,danil,danil_2grad}
 RUNS=(
@@ -62,7 +65,7 @@ for run in "${RUNS[@]}"; do
     json="/tmp/step_cost_${model}_${dtype}.json"
     $PY benchmarks/step_cost.py --models="$model" --size="$SIZE" \
       --batch="$BATCH" --dtype="$dtype" --variants="$variants" ${extra:-} \
-      --torch --reps="$REPS" \
+      --torch --reps="$REPS" --reduction="$REDUCTION" \
       --json="$json" 2>&1 | grep -v "^W0000\|^I0000" | tee -a "$LOG"
     [[ -f "$json" ]] && $PY - "$json" "$OUT/gpu_results.json" <<'EOF'
 import json, os, sys

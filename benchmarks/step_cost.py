@@ -30,7 +30,9 @@ rep (so load drift hits every variant alike), times:
   danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
                 instead of `danil_jax.ops` (a model with conv_rules='stock')
 
-`--conv_rules` sets the rules of every other variant (default 'auto').
+`--conv_rules` sets the rules of every other variant (default 'auto');
+`--reduction` the reading of the DANIL variants' Ld (default 'per_image';
+the trainer's default is 'batch').
 
 and reports the median ms, the ratio to `plain`, the ratio in forward units,
 compile time and XLA temp memory. Every call starts from a copy of the same
@@ -119,8 +121,9 @@ def forward_only(state, batch):
   return logits, updates
 
 
-def _step_fns(stock_apply=None):
-  step = steps.train_step
+def _step_fns(stock_apply=None, reduction='per_image'):
+  # `reduction` (losses.danil_loss's reading) for every DANIL variant.
+  step = functools.partial(steps.train_step, reduction=reduction)
   return {
       'forward': (forward_only, False),
       'plain': (functools.partial(step, method='base'), True),
@@ -134,7 +137,7 @@ def _step_fns(stock_apply=None):
       'danil_mo': (functools.partial(step, method='danil', lam=LAM, eps=EPS,
                                      misclassified_only=True), True),
       # The same weights through a model built with conv_rules='stock'.
-      'danil_stock': (lambda s, b: steps.train_step(
+      'danil_stock': (lambda s, b: step(
           s.replace(apply_fn=stock_apply), b, method='danil', lam=LAM,
           eps=EPS), True),
   }
@@ -197,7 +200,8 @@ def _inputs(variant, batch, correct, eighth):
 def run_model(name, size, batch_size, args):
   """Times every variant of one backbone; returns its result dict."""
   result = dict(model=name, size=size, batch=batch_size, dtype=args.dtype,
-                conv_rules=args.conv_rules, variants={})
+                conv_rules=args.conv_rules, reduction=args.reduction,
+                variants={})
   torch_steps = None
   if args.torch and models.info(name).torch_reference:
     import torch  # pylint: disable=g-import-not-at-top
@@ -222,7 +226,8 @@ def run_model(name, size, batch_size, args):
       variants.insert(variants.index(v), owner)
   fns = _step_fns(models.create(name, args.num_classes,
                                 dtype=jnp.dtype(args.dtype),
-                                conv_rules='stock').apply)
+                                conv_rules='stock').apply,
+                   reduction=args.reduction)
   compiled = {}
   for v in variants:
     if v in SAME_EXECUTABLE:
@@ -366,6 +371,10 @@ def main(argv=None):
   parser.add_argument('--conv_rules', default='auto',
                       choices=ops.CONV_RULES,
                       help='the rules of every variant but danil_stock')
+  parser.add_argument('--reduction', default='per_image',
+                      choices=losses.REDUCTIONS,
+                      help="the reading of every DANIL variant's Ld "
+                      "(danil_2grad: 'per_image' only)")
   parser.add_argument('--json', default=None, help='write results here')
   args = parser.parse_args(argv)
   if args.torch_device is None:

@@ -21,8 +21,17 @@ def get_config() -> ml_collections.ConfigDict:
   # gradient is ~6e-3 with 'batch' and ~2e-4 with 'per_image', i.e. plain
   # cross-entropy. The demo's F1 cannot decide between them: the differences
   # to Base are inside the spread between seeds.
+  # misclassified_only: opt-in, another loss: each image's maps with the
+  # running BatchNorm statistics, double backprop over the misclassified
+  # images only (danil_jax/misclassified_only.py); cheap when few are
+  # misclassified, i.e. late in training, while early the running statistics
+  # lag the batch's. Already costs a plain step where none is, so
+  # skip_correct changes nothing in it.
+  # map_dtype: 'compute' (the model's dtype) or 'float32' (that mode's maps
+  # through a float32 copy of the model; misclassified_only only).
   config.danil = ml_collections.ConfigDict(
-      dict(lam=1e-5, eps=1e-4, skip_correct=False, reduction='batch'))
+      dict(lam=1e-5, eps=1e-4, skip_correct=False, reduction='batch',
+           misclassified_only=False, map_dtype='compute'))
   config.ohem = ml_collections.ConfigDict(dict(keep_ratio=0.7))
 
   config.model = ml_collections.ConfigDict()

@@ -10,6 +10,7 @@ import re
 
 import ml_collections
 
+from danil_jax import losses
 from danil_jax import models
 from danil_jax import steps
 
@@ -70,6 +71,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     value = _get(config, key)
     if not isinstance(value, (int, float)) or not value >= 0:
       raise ConfigError(f'config.{key} must be a number >= 0, got {value!r}')
+  _check_danil(config)
   if not 0 < config.ohem.keep_ratio <= 1:
     raise ConfigError('config.ohem.keep_ratio must be in (0, 1], got '
                       f'{config.ohem.keep_ratio!r}')
@@ -77,6 +79,23 @@ def check(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('config.dataset.name is empty; use a data set config '
                       '(configs/demo.py, configs/crc_msi.py, ...)')
   _check_image_size(config)
+
+
+def _check_danil(config) -> None:
+  _one_of(config, 'danil.reduction', losses.REDUCTIONS)
+  _one_of(config, 'danil.map_dtype', steps.MAP_DTYPES)
+  for key in ('danil.skip_correct', 'danil.misclassified_only'):
+    value = _get(config, key)
+    if not isinstance(value, bool):
+      raise ConfigError(f'config.{key} must be True or False, got {value!r}')
+  danil = config.danil
+  if danil.map_dtype != 'compute' and not danil.misclassified_only:
+    raise ConfigError(
+        f'config.danil.map_dtype {danil.map_dtype!r} needs '
+        'config.danil.misclassified_only=True: the exact loss takes its maps '
+        "from the step's one forward in the compute dtype (float32 maps there "
+        "would need a second, float32 forward); use map_dtype='compute' or "
+        "config.model.dtype='float32'")
 
 
 def _check_image_size(config) -> None:

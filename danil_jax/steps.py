@@ -66,9 +66,27 @@ def _forward_fn(state: TrainState, params, rng) -> Callable:
   return logits_fn
 
 
-def _eval_logits_fn(state: TrainState) -> Callable:
-  """(params, x) -> logits with the running BatchNorm statistics."""
-  return lambda params, x: state.apply_fn(
+MAP_DTYPES = ('compute', 'float32')
+
+
+def _eval_logits_fn(state: TrainState, map_dtype: str = 'compute') -> Callable:
+  """(params, x) -> logits with the running BatchNorm statistics.
+
+  `map_dtype='float32'` runs it through a float32 copy of the model (the
+  parameters are float32 already), whatever the model's compute dtype.
+  """
+  if map_dtype not in MAP_DTYPES:
+    raise ValueError(f'map_dtype must be one of {MAP_DTYPES}, got '
+                     f'{map_dtype!r}')
+  apply = state.apply_fn
+  if map_dtype == 'float32':
+    model = getattr(apply, '__self__', None)
+    if not hasattr(model, 'dtype') or not hasattr(model, 'clone'):
+      raise ValueError("map_dtype='float32' needs a TrainState whose apply_fn "
+                       'is a Flax module with a `dtype` field (model.apply), '
+                       f'got {apply!r}')
+    apply = model.clone(dtype=jnp.float32).apply
+  return lambda params, x: apply(
       {'params': params, 'batch_stats': state.batch_stats}, x, train=False)
 
 
@@ -98,8 +116,21 @@ def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
 def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
                eps: float = 1e-4, keep_ratio: float = 0.7,
                skip_correct: bool = False, reduction: str = 'per_image',
-               misclassified_only: bool = False):
+               misclassified_only: bool = False, map_dtype: str = 'compute'):
   """One SGD step; returns the new state and scalar metrics.
+
+  `misclassified_only` (DANIL only, opt-in; `misclassified_only.py`): each
+  image's maps with the running BatchNorm statistics, the double backprop
+  over the misclassified images only, Ld in either reading (`reduction`).
+  It is another loss than the exact batch-coupled one, meant for late
+  training. Its metrics add `bucket` (the capacity that ran, 0: none) and
+  `bucket_<c>` (1 where capacity c ran: its mean over steps is how often).
+  `map_dtype` ('compute' or 'float32'): the dtype of that mode's map
+  forward, input VJP and double backprop; L+c and the BatchNorm updates keep
+  the model's compute dtype. The exact loss takes its maps from the one
+  train-mode forward, so there it must be 'compute'. The mode already costs
+  a plain step where nothing is misclassified, so `skip_correct` changes
+  nothing in it.
 
   `skip_correct` (DANIL only): when no sample of the global batch is
   misclassified, Ld = 0 (Eq. 5) and the gradient is exactly the plain L+c
@@ -112,15 +143,18 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
                               method=method, lam=lam, eps=eps,
                               keep_ratio=keep_ratio, reduction=reduction)
+  if method == 'danil' and map_dtype != 'compute' and not misclassified_only:
+    raise ValueError(f'map_dtype={map_dtype!r} needs misclassified_only=True: '
+                     "the exact loss takes its maps from the step's one "
+                     'forward (a float32 map there would need a second, '
+                     'float32 forward)')
   if method == 'danil' and misclassified_only:
-    if reduction != 'per_image':
-      raise ValueError('misclassified_only takes per-image maps; it is '
-                       f"defined for reduction='per_image', got {reduction!r}")
     # Opt-in: per-image maps with running BatchNorm statistics, double
     # backprop over the misclassified images only (misclassified_only.py).
     (loss, (aux, model_updates)), grads = misclassified_only_lib.value_and_grad(
-        functools.partial(loss_fn, method='base'), _eval_logits_fn(state),
-        state.params, batch, lam=lam, eps=eps)
+        functools.partial(loss_fn, method='base'),
+        _eval_logits_fn(state, map_dtype), state.params, batch, lam=lam,
+        eps=eps, reduction=reduction)
   elif method == 'danil' and skip_correct:
     (loss, (aux, model_updates)), grads = _value_and_grad_skipping_correct(
         loss_fn, functools.partial(loss_fn, method='base'), state.params)
@@ -141,6 +175,10 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
     metrics['skipped'] = aux['skipped']
   if 'bucket' in aux:  # misclassified_only: images double-backpropagated
     metrics['bucket'] = aux['bucket']
+    for capacity in [0] + misclassified_only_lib.capacities(
+        batch['label'].shape[0]):
+      metrics[f'bucket_{capacity}'] = (aux['bucket'] == capacity).astype(
+          jnp.float32)
   return new_state, metrics
 
 
@@ -209,16 +247,28 @@ def _value_and_grad_skipping_correct(danil_loss_fn, plain_loss_fn, params):
 
 
 def distraction_gradient_share(state: TrainState, batch, *, lam: float,
-                               eps: float, reduction: str = 'per_image'):
+                               eps: float, reduction: str = 'per_image',
+                               misclassified_only: bool = False,
+                               map_dtype: str = 'compute'):
   """How much the DANIL term moves the parameter gradient on this batch.
 
   Returns ||g_d|| / ||g_ce + g_d|| (`distraction_grad_share`) and
   ||g_d|| / ||g_ce|| (`distraction_grad_ratio`), with g_ce and g_d the
-  parameter gradients of L+c and lam * Ld (Eq. 6). Both pull back through
-  the same forward, so this costs about one extra backward; call it on
-  logging steps only. `reduction` is `danil_loss`'s (either reading).
+  parameter gradients of L+c and lam * Ld (Eq. 6) of the loss `train_step`
+  trains with the same arguments (`reduction`: either reading;
+  `misclassified_only`, `map_dtype`: that mode's Ld). Both pull back through
+  the same forward, so this costs about one extra backward (in the
+  misclassified-only mode, one more step of it); call it on logging steps
+  only.
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  if misclassified_only:
+    plain = functools.partial(_loss, state=state, batch=batch, rng=rng,
+                              method='base', lam=lam, eps=eps, keep_ratio=1.0)
+    (_, g_ce), (_, g_ld), _, _ = misclassified_only_lib.terms(
+        plain, _eval_logits_fn(state, map_dtype), state.params, batch,
+        eps=eps, reduction=reduction)
+    return _shares(g_ce, jax.tree.map(lambda g: lam * g, g_ld))
 
   def terms(params):
     _, aux = losses.danil_loss(_forward_fn(state, params, rng), batch['image'],
@@ -230,6 +280,10 @@ def distraction_gradient_share(state: TrainState, batch, *, lam: float,
   one, zero = jnp.ones_like(ce), jnp.zeros_like(ce)
   (g_ce,) = pullback((one, zero))
   (g_d,) = pullback((zero, one))
+  return _shares(g_ce, g_d)
+
+
+def _shares(g_ce, g_d) -> dict:
   norm_d = optax.tree.norm(g_d)
   norm_total = optax.tree.norm(jax.tree.map(jnp.add, g_ce, g_d))
   norm_ce = optax.tree.norm(g_ce)

@@ -167,7 +167,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ------------------------------------------------------- compiled steps --
   replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   loss_kw = dict(lam=config.danil.lam, eps=config.danil.eps,
-                 reduction=config.danil.reduction)
+                 reduction=config.danil.reduction,
+                 misclassified_only=config.danil.misclassified_only,
+                 map_dtype=config.danil.map_dtype)
   train_step = jax.jit(
       functools.partial(steps.train_step, method=config.method,
                         keep_ratio=config.ohem.keep_ratio,
