@@ -106,7 +106,7 @@ def _open_data(config: ml_collections.ConfigDict,
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
   return context.Data(builder, class_names, train_source, pre, model_info,
-               steps_per_epoch, total_steps)
+                      steps_per_epoch, total_steps)
 
 
 def _train_batches(run: context.Run, start_step: int):
