@@ -90,6 +90,16 @@ def main():
       if step == at and not sent:
         kill(signum)
     faults.NonFiniteMonitor.add = add
+  if point == 'step':
+    # Each checkpoint committed before training goes on, so the kill point
+    # (and the step the rerun resumes from) does not depend on how fast the
+    # async save was on a loaded machine.
+    from danil_jax import checkpointing
+    original_checkpoint_save = checkpointing.save
+    def save(manager, *args, **kw):
+      original_checkpoint_save(manager, *args, **kw)
+      manager.wait_until_finished()
+    checkpointing.save = save
   if point in ('save', 'sigterm_twice'):
     # The arrays of a checkpoint are written, the checkpoint not committed.
     original_save = ocp.StandardCheckpointHandler.async_save
