@@ -17,10 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   # reduction: how Algorithm 1 (one image) reads on a batch, 'per_image' or
   # 'batch' (the batched PyTorch port; danil_jax/losses.py). 'batch', because
   # it is the only reading in which the paper's lam = 1e-5 acts: on the demo
-  # (README, "Does DANIL act?", 5 seeds) the term's share of the parameter
-  # gradient is ~6e-3 with 'batch' and ~2e-4 with 'per_image', i.e. plain
-  # cross-entropy. The demo's F1 cannot decide between them: the differences
-  # to Base are inside the spread between seeds.
+  # (README, "Does DANIL help?", 5 seeds) the term's share of the parameter
+  # gradient is ~7e-3 with 'batch' and ~1e-4 with 'per_image', i.e. plain
+  # cross-entropy. The demo's F1 cannot decide between them: every
+  # difference is inside the noise of a lam = 0 control.
   # misclassified_only: opt-in, another loss: each image's maps with the
   # running BatchNorm statistics, double backprop over the misclassified
   # images only (danil_jax/misclassified_only.py); cheap when few are
