@@ -86,6 +86,26 @@ def _radial_share(grads, params) -> jax.Array:
   return optax.tree.norm(radial) / optax.tree.norm(grads)
 
 
+KINDS = ('conv', 'bn_scale', 'bn_bias', 'head')
+
+
+def _shares(grads) -> dict:
+  """The share of ||grads||^2 in conv kernels, BatchNorm scales and biases
+  and the dense head."""
+  squares = dict.fromkeys(KINDS, 0.0)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    names = [getattr(k, 'key', '') for k in path]
+    if names[0] == 'head':
+      kind = 'head'
+    elif g.ndim == 4:
+      kind = 'conv'
+    else:
+      kind = 'bn_scale' if names[-1] == 'scale' else 'bn_bias'
+    squares[kind] = squares[kind] + jnp.sum(jnp.square(g))
+  total = sum(squares.values())
+  return {k: v / total for k, v in squares.items()}
+
+
 def batch_statistics(state, params, x, momentum: float = 0.9):
   """(train-mode logits, the batch's BatchNorm mean/var per layer).
 
@@ -140,6 +160,7 @@ def measure(state, batch, *, lam: float, eps: float) -> dict:
     out[f'exact/{reading}/radial'] = _radial_share(g_exact, params)
     tan_exact = _tangential(g_exact, params)
     out[f'exact/{reading}/grads'] = g_exact
+    out[f'exact/{reading}/shares'] = _shares(g_exact)
     for mode, fn in logits_fns.items():
       ld, g, _ = misclassified_only.distraction_value_and_grad(
           fn, params, x, labels, pred, eps=eps, reduction=reading)
@@ -148,6 +169,7 @@ def measure(state, batch, *, lam: float, eps: float) -> dict:
       out[f'{key}/norm'] = optax.tree.norm(g) / optax.tree.norm(g_exact)
       out[f'{key}/ld'] = ld / ld_exact  # nan where nothing is misclassified
       out[f'{key}/radial'] = _radial_share(g, params)
+      out[f'{key}/shares'] = _shares(g)
       out[f'{key}/cos_tan'] = _cosine(_tangential(g, params), tan_exact)
       out[f'{key}/cos_total'] = _cosine(
           jax.tree.map(lambda c, d: c + lam * d, g_ce, g), total_exact)
@@ -188,6 +210,7 @@ def main(argv):
   print('| step | ' + ' | '.join(columns) + ' |')
   print('|' + '---|' * (len(columns) + 1))
   worst_check = 0.0
+  all_rows = []
   for step in chosen:
     state = steps.state_from_checkpoint(run.state, best_checkpoint.restore_state(
         directory, step, steps.state_to_checkpoint(run.state)))
@@ -201,9 +224,20 @@ def main(argv):
         row[f'{key}/cos_next'] = _cosine(row[f'{key}/grads'],
                                          following[f'{key}/grads'])
       rows[-1][f'{key}/cos_next'] = np.nan
+    all_rows += rows
     mean = {k: np.nanmean([float(r[k]) for r in rows]) for k in columns}
     print(f'| {step} | ' + ' | '.join(f'{mean[c]:.3f}' for c in columns)
           + ' |', flush=True)
+  print('\nShare of ||dLd/dparams||^2 by parameter kind (mean over all '
+        'checkpoints and batches):')
+  print('| gradient | ' + ' | '.join(KINDS) + ' |')
+  print('|' + '---|' * (len(KINDS) + 1))
+  for reading in READINGS:
+    for source in ('exact',) + MODES:
+      key = f'{source}/{reading}/shares'
+      print(f'| {source}, {reading!r} | ' + ' | '.join(
+          f'{np.mean([float(r[key][k]) for r in all_rows]):.3f}'
+          for k in KINDS) + ' |')
   print(f'max |logits(eval mode, recovered batch statistics) - logits(train '
         f'mode)| = {worst_check:.2e}')
 
