@@ -21,7 +21,8 @@ cos(g_ce + lam g_d) of the combined update (Eq. 6) at `--lam`; and, per
 gradient, the share of its norm along the conv weights feeding each BatchNorm
 channel (`radial`, `_tangential`) and the cosine with that part removed
 (`cos_tan`). For scale, `cos_next`: the cosine of the exact gradient of one
-batch with that of the next batch, same checkpoint.
+batch with that of the next batch, same checkpoint; `running_vs_batch`: the
+cosine of the two modes' gradients.
 
   python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/stats_run \
     --config.checkpoint_every_steps=25 --config.keep_checkpoints=40
@@ -161,6 +162,7 @@ def measure(state, batch, *, lam: float, eps: float) -> dict:
     tan_exact = _tangential(g_exact, params)
     out[f'exact/{reading}/grads'] = g_exact
     out[f'exact/{reading}/shares'] = _shares(g_exact)
+    mode_grads = {}
     for mode, fn in logits_fns.items():
       ld, g, _ = misclassified_only.distraction_value_and_grad(
           fn, params, x, labels, pred, eps=eps, reduction=reading)
@@ -173,6 +175,8 @@ def measure(state, batch, *, lam: float, eps: float) -> dict:
       out[f'{key}/cos_tan'] = _cosine(_tangential(g, params), tan_exact)
       out[f'{key}/cos_total'] = _cosine(
           jax.tree.map(lambda c, d: c + lam * d, g_ce, g), total_exact)
+      mode_grads[mode] = g
+    out[f'running_vs_batch/{reading}/cos'] = _cosine(*mode_grads.values())
   return out
 
 
@@ -187,6 +191,7 @@ def _columns() -> list[str]:
     for mode in MODES:
       columns += [f'{mode}/{reading}/{k}' for k in ('radial', 'cos_tan')]
   columns += [f'{mode}/y-' for mode in MODES]
+  columns += [f'running_vs_batch/{reading}/cos' for reading in READINGS]
   return columns + [f'exact/{reading}/cos_next' for reading in READINGS]
 
 
