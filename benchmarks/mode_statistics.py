@@ -24,9 +24,10 @@ channel (`radial`, `_tangential`) and the cosine with that part removed
 batch with that of the next batch, same checkpoint; `running_vs_batch`: the
 cosine of the two modes' gradients.
 
-  python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/stats_run \
-    --config.checkpoint_every_steps=25 --config.keep_checkpoints=40
-  python benchmarks/mode_statistics.py --workdir=/tmp/stats_run
+  PYTHONPATH=$PWD python -m danil_jax.main --config=configs/demo.py \
+    --workdir=/tmp/stats_run --config.checkpoint_every_steps=25 \
+    --config.keep_checkpoints=40
+  PYTHONPATH=$PWD python benchmarks/mode_statistics.py --workdir=/tmp/stats_run
 """
 
 import dataclasses
