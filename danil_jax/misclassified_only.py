@@ -51,9 +51,10 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from danil_jax import losses
+
 # Bucket capacities as fractions of the batch.
 BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1)
-READINGS = ('per_image', 'batch')  # losses.REDUCTIONS
 
 
 def capacities(batch_size: int) -> list[int]:
@@ -80,9 +81,9 @@ def distraction_value_and_grad(logits_fn: Callable, params, x, labels, pred,
   images only, and both readings need the bucket's maps alone. `pred` is the
   pseudo label y- (Eq. 4). `bucket` is the capacity used (0: none).
   """
-  if reduction not in READINGS:
+  if reduction not in losses.REDUCTIONS:
     raise ValueError(f'misclassified_only reduction must be one of '
-                     f'{READINGS}, got {reduction!r}')
+                     f'{losses.REDUCTIONS}, got {reduction!r}')
   batch = x.shape[0]
   misclassified = pred != labels
   count = jnp.sum(misclassified.astype(jnp.int32))
