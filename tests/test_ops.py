@@ -199,6 +199,19 @@ class _TinyImageNetNet(nn.Module):
     return nn.Dense(3, name='fc')(layers.global_avg_pool(x))
 
 
+def _danil_value_and_grad(model, variables, x, labels, aux_key='distance'):
+  """((loss, aux[aux_key]), d loss / d params) of danil_loss at lam = 1,
+  traced afresh on every call (under whatever rules are in force)."""
+  def loss(params):
+    fn = lambda x_: model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x_,
+        train=True, mutable=['batch_stats'])
+    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True)
+    return value, aux[aux_key]
+
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+
+
 def test_danil_gradient_of_a_model_equals_stock_rules():
   """A whole DANIL parameter gradient through the backbones' layers is the
   same with the custom rules as with the stock ones."""
@@ -207,19 +220,11 @@ def test_danil_gradient_of_a_model_equals_stock_rules():
   variables = model.init(jax.random.PRNGKey(1), x, train=False)
   labels = jnp.arange(6) % 3
 
-  def loss(params):
-    fn = lambda x_: model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']}, x_,
-        train=True, mutable=['batch_stats'])
-    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True)
-    return value, aux['distraction']
-
-  (value, ld), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-      variables['params'])
+  (value, ld), grads = _danil_value_and_grad(model, variables, x, labels,
+                                             'distraction')
   with ops.stock_rules():
-    # A new function object: jit must trace again, under the stock rules.
-    (value_ref, ld_ref), grads_ref = jax.jit(jax.value_and_grad(
-        lambda p: loss(p), has_aux=True))(variables['params'])
+    (value_ref, ld_ref), grads_ref = _danil_value_and_grad(
+        model, variables, x, labels, 'distraction')
   assert float(ld_ref) > 0
   np.testing.assert_allclose(value, value_ref, rtol=1e-5)
   np.testing.assert_allclose(ld, ld_ref, rtol=1e-4)
@@ -237,17 +242,6 @@ class _TinyRulesNet(nn.Module):
   @ops.with_model_rules
   def __call__(self, x, *, train):
     return _TinyImageNetNet(name='net')(x, train=train)
-
-
-def _danil_value_and_grad(model, variables, x, labels):
-  def loss(params):
-    fn = lambda x_: model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']}, x_,
-        train=True, mutable=['batch_stats'])
-    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True)
-    return value, aux['distance']
-
-  return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
 
 
 def test_conv_rules_stock_and_custom_give_the_same_danil_gradient():
