@@ -6,7 +6,10 @@ is the mean +- sample sd (ddof=1) over seeds and, below Base, the mean +- sd
 of the paired difference to Base on the same seeds. The paper's number sits
 beside it with its own difference to the paper's Base (one run each). Rows of
 methods danil-jax does not implement (Multi-task, DIL, CANet) hold only the
-paper's numbers, marked "not run here".
+paper's numbers, marked "not run here"; the control (DANIL with lam = 0),
+when run, gets a row below the paper's. `difference_tables` adds, per metric,
+each paired difference with its 95% interval, p-value, minimum detectable
+effect and reading (danil_jax.paired_stats) beside the paper's one-run one.
 """
 
 import math
