@@ -1,16 +1,20 @@
 """Methods compared over seeds, optionally swept over config values.
 
   python -m danil_jax.compare --config=configs/demo.py --workdir=/tmp/cmp \
-      --methods=base,danil --seeds=0,1,2 [--config.num_epochs=3 ...] \
+      --methods=base,control,danil --seeds=0,1,2 [--config.num_epochs=3 ...] \
       [--sweep='danil.reduction=per_image,batch;danil.lam=1e-5,1e-3,1e-1']
       [--only_finished]
 
 Trains every (method, sweep point, seed) into its own directory under
 WORKDIR (a rerun reuses the finished runs there and resumes the others),
-then prints and writes WORKDIR/comparison.json: per method the mean and
+then prints and writes WORKDIR/comparison.{json,md}: per method the mean and
 sample standard deviation over seeds, and the paired difference to the first
-method on the same seeds; with a sweep, one such table per point of the grid
-and WORKDIR/sweep.png, each metric against the swept value with error bars.
+method on the same seeds with its 95% confidence interval and the smallest
+difference the seeds can detect (danil_jax.paired_stats); with a sweep, one
+such table per point of the grid and WORKDIR/sweep.png, each metric against
+the swept value with error bars. The method `control` trains DANIL with
+lam = 0 (whatever `danil.lam` a sweep gives): its difference to Base is the
+protocol's noise floor, measured beside the comparison.
 
 `--sweep` takes `key=v1,v2,...` for any config key (repeat the flag or join
 keys with ';'; several keys give their full grid). A key under a method's
@@ -33,8 +37,9 @@ from danil_jax import comparison
 from danil_jax import run_config
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
-_METHODS = flags.DEFINE_list('methods', ['base', 'danil'],
-                             'Methods to compare; the first is the reference.')
+_METHODS = flags.DEFINE_list(
+    'methods', ['base', 'danil'], 'Methods to compare; the first is the '
+    f'reference. {comparison.CONTROL!r}: DANIL with lam = 0, the noise floor.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed).')
 _SWEEP = flags.DEFINE_multi_string(
     'sweep', [], "'key=v1,v2,...' of any config key; repeat the flag or join "
@@ -46,6 +51,7 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 
 SWEEP_PLOT = 'sweep.png'
+COMPARISON = 'comparison'  # .json and .md
 
 
 def parse_sweep(texts: list[str], config) -> list[tuple[str, list]]:
@@ -212,7 +218,8 @@ def _run_settings(config, method: str, seed: int, point):
   to the method."""
   settings = config.copy_and_resolve_references()
   settings.unlock()
-  settings.method, settings.seed = method, seed
+  comparison.set_method(settings, method)
+  settings.seed = seed
   for key, _, value in point:
     if comparison.applies(key, method):
       parent, _, name = key.rpartition('.')
@@ -240,16 +247,18 @@ def _finish(settings, directory: str, *, label: str,
 
 
 def _write_comparison(config, workdir: str, sweep, summaries) -> None:
-  """WORKDIR/comparison.json, the tables on stdout and, with a sweep,
+  """WORKDIR/comparison.{json,md}, the tables on stdout and, with a sweep,
   WORKDIR/sweep.png."""
   header = (f'\n{config.dataset.name} / {config.model.name}, split '
             f'{config.dataset.eval_split}')
+  with open(os.path.join(workdir, COMPARISON + '.md'), 'w') as f:
+    f.write(comparison.to_markdown(summaries, header.strip()))
   if not sweep:
-    with open(os.path.join(workdir, 'comparison.json'), 'w') as f:
+    with open(os.path.join(workdir, COMPARISON + '.json'), 'w') as f:
       json.dump(summaries[0][1], f, indent=2)
     print(header + ':\n' + comparison.format_summary(summaries[0][1]))
     return
-  with open(os.path.join(workdir, 'comparison.json'), 'w') as f:
+  with open(os.path.join(workdir, COMPARISON + '.json'), 'w') as f:
     json.dump(dict(sweep=[[key, [t for t, _ in values]]
                           for key, values in sweep],
                    points=[dict(values={k: t for k, t, _ in point},

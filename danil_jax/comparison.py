@@ -1,31 +1,53 @@
 """Methods compared over seeds: statistics, a table and a sweep plot.
 
 Per method: the mean and sample standard deviation over seeds of each final
-metric, and the paired difference to the first method on the same seeds;
-DANIL's gradient ratio as logged. `plot_sweep` draws them against a swept
-config value (danil_jax.compare).
+metric, and the paired difference to the first method on the same seeds with
+its 95% confidence interval, p-value and the smallest difference the seeds
+could detect (danil_jax.paired_stats); DANIL's gradient ratio as logged.
+`plot_sweep` draws them against a swept config value (danil_jax.compare).
+
+The `control` method is DANIL's step with lam = 0: the gradient of Base up to
+float rounding, trained through DANIL's code path. Its difference to Base is
+the noise floor of the protocol, the part of any difference that seeds,
+rounding and the chaos of training produce without any method.
 """
 
 import numpy as np
+
+from danil_jax import paired_stats
+from danil_jax import paper_numbers
 
 METRICS = ('macro_f1', 'accuracy')
 # Read from each DANIL run's metrics.jsonl: whether the term acts at all.
 DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')
 # Config sections only one method reads.
 METHOD_SECTIONS = ('danil', 'ohem')
+CONTROL = paper_numbers.CONTROL
 
 
 def applies(key: str, method: str) -> bool:
-  """Whether config `key` can change a `method` run."""
+  """Whether config `key` can change a `method` run (the control's lam is
+  fixed at 0, so no `danil.*` key is swept for it)."""
   section = key.split('.')[0]
   return section not in METHOD_SECTIONS or section == method
+
+
+def set_method(config, method: str) -> None:
+  """Sets config.method of an unlocked config; `control` trains DANIL with
+  lam = 0 and the config's other `danil.*` settings."""
+  if method == CONTROL:
+    config.method = 'danil'
+    config.danil.lam = 0.0
+  else:
+    config.method = method
 
 
 def summarize(results: dict[str, dict[int, dict]]) -> dict:
   """{method: {seed: final metrics}} -> mean, sd and paired differences.
 
   The standard deviation is the sample one (ddof=1); the differences pair each
-  method with the first one on the seeds both have.
+  method with the first one on the seeds both have (`paired_stats.describe`:
+  mean, sd, ci95, p, detectable, reading; None without a common seed).
   """
   methods = list(results)
   reference = results[methods[0]]
@@ -39,12 +61,9 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
           sd=float(values.std(ddof=1)) if len(values) > 1 else float('nan'),
           values=values.tolist())
       if method != methods[0]:
-        common = [s for s in entry['seeds'] if s in reference]
-        diff = np.array([results[method][s][metric] - reference[s][metric]
-                         for s in common])
-        entry[metric][f'minus_{methods[0]}'] = dict(
-            mean=float(diff.mean()),
-            sd=float(diff.std(ddof=1)) if len(diff) > 1 else float('nan'))
+        entry[metric][f'minus_{methods[0]}'] = paired_stats.paired(
+            {s: results[method][s][metric] for s in entry['seeds']},
+            {s: r[metric] for s, r in reference.items()})
     for key in DIAGNOSTICS:  # DANIL runs' medians over their logged steps
       values = [results[method][s][key] for s in entry['seeds']
                 if key in results[method][s]]
@@ -58,6 +77,8 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
 
 
 def format_summary(summary: dict) -> str:
+  """The console table of `summarize`'s dict: means, then the paired
+  differences to the reference with their interval and detectable effect."""
   methods = list(summary)
   ratio = DIAGNOSTICS[0]
   lines = [f"{'method':<8} {'seeds':>5}  " + '  '.join(
@@ -69,8 +90,10 @@ def format_summary(summary: dict) -> str:
       value = entry[metric]
       cell = f"{value['mean']:.4f} +- {value['sd']:.4f}"
       paired = value.get(f'minus_{methods[0]}')
-      if paired:
+      if paired and paired['sd'] is not None:
         cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
+      elif paired:
+        cell += f" ({paired['mean']:+.4f})"
       cells.append(f'{cell:>34}')
     cells.append(f"{entry[ratio]['mean']:>10.3g}" if ratio in entry
                  else f"{'-':>10}")
@@ -79,7 +102,88 @@ def format_summary(summary: dict) -> str:
                f'of the paired difference to {methods[0]} on the same seeds; '
                'grad ratio: '
                '||g_d|| / ||g_ce||, median over logged steps, mean over seeds.')
+  rows = difference_rows(summary, pm='+-')
+  if rows:
+    lines += ['', f'Paired difference to {methods[0]} on the same seeds:',
+              _text_table(('method', 'metric') + paired_stats.HEADERS, rows),
+              paired_stats.LEGEND.format(pm='+-')]
+    floor = noise_floor(summary)
+    if floor:
+      lines.append(floor)
   return '\n'.join(lines)
+
+
+def difference_rows(summary: dict, pm: str = '±') -> list[list[str]]:
+  """[method, metric, *paired_stats.HEADERS] per method but the reference
+  and metric with a paired difference."""
+  reference = next(iter(summary))
+  rows = []
+  for method, entry in summary.items():
+    for metric in METRICS:
+      stat = entry[metric].get(f'minus_{reference}')
+      if stat:
+        rows.append([method, metric] + paired_stats.cells(stat, pm))
+  return rows
+
+
+def noise_floor(summary: dict) -> str | None:
+  """A sentence on the control's difference to the reference, if both ran."""
+  reference = next(iter(summary))
+  if reference == CONTROL or CONTROL not in summary:
+    return None
+  stat = summary[CONTROL][METRICS[0]].get(f'minus_{reference}')
+  if not stat or stat['detectable'] is None:
+    return None
+  return (f'Noise floor: {CONTROL} (DANIL with lam = 0, the gradient of '
+          f"{reference} up to rounding) differs from {reference} by "
+          f"{METRICS[0]} sd {stat['sd']:.4f} over {stat['n']} pairs; at that "
+          f"spread a difference below {stat['detectable']:.4f} would "
+          'likely be missed.')
+
+
+def _text_table(header, rows) -> str:
+  widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+  return '\n'.join('  '.join(f'{c:<{w}}' for c, w in zip(row, widths))
+                   .rstrip() for row in [header] + rows)
+
+
+def _markdown_table(header, rows) -> list[str]:
+  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+          + ['| ' + ' | '.join(row) + ' |' for row in rows])
+
+
+def to_markdown(summaries: list[tuple[tuple, dict]], title: str) -> str:
+  """Markdown of every sweep point's summary: a table of means over seeds
+  and one of the paired differences to the reference, one row per point and
+  method (the swept values in the first columns)."""
+  keys = [key for key, _, _ in summaries[0][0]]
+  reference = next(iter(summaries[0][1]))
+  means, differences = [], []
+  for point, summary in summaries:
+    values = [text for _, text, _ in point]
+    for method, entry in summary.items():
+      cells = [f"{entry[m]['mean']:.4f}" + (
+          f" ± {entry[m]['sd']:.4f}" if np.isfinite(entry[m]['sd']) else '')
+               for m in METRICS]
+      means.append(values + [method, str(len(entry['seeds']))] + cells)
+    differences += [values + row for row in difference_rows(summary)]
+  lines = [f'### {title}', '',
+           'Mean ± sample sd over seeds:', '']
+  lines += _markdown_table(keys + ['method', 'seeds'] + list(METRICS), means)
+  if differences:
+    lines += ['', f'Paired difference to {reference} on the same seeds:', '']
+    lines += _markdown_table(
+        keys + ['method', 'metric'] + list(paired_stats.HEADERS), differences)
+    lines += ['', paired_stats.LEGEND.format(pm='±')]
+  floors = []
+  for point, summary in summaries:
+    floor = noise_floor(summary)
+    where = ' '.join(f'{k}={t}' for k, t, _ in point if applies(k, CONTROL))
+    if floor and (where, floor) not in floors:
+      floors.append((where, floor))
+  lines += [''] + [f'{where}: {floor}' if where else floor
+                   for where, floor in floors] if floors else []
+  return '\n'.join(lines) + '\n'
 
 
 def _sweep_series(summaries: list[tuple[tuple, dict]], sweep):
@@ -137,7 +241,7 @@ def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
     for index, ((method, others), by_x) in enumerate(sorted(series.items())):
       points = [(positions[t], e[key][field] if field else e[key])
                 for t, e in by_x.items()
-                if key in e and (field is None or field in e[key])]
+                if key in e and (field is None or e[key].get(field))]
       if not points:
         continue
       xs, cells = zip(*sorted(points))
@@ -146,7 +250,7 @@ def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
       xs = [x * 1.06 ** shift if log_x else x + 0.012 * span * shift
             for x in xs]
       ax.errorbar(xs, [c['mean'] for c in cells],
-                  yerr=[c.get('sd', 0.0) for c in cells], marker='o',
+                  yerr=[c.get('sd') or 0.0 for c in cells], marker='o',
                   capsize=3, color=f'C{index}', alpha=0.85,
                   label=' '.join((method,) + others))
     ax.set_xlabel(x_key)

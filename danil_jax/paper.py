@@ -55,7 +55,8 @@ def _define_flags() -> None:
                                  'Backbones (config.model.name).')
   _METHODS = flags.DEFINE_list(
       'methods', list(pn.RUN_METHODS),
-      'Methods (config.method); base is the reference.')
+      "Methods (config.method); base is the reference. 'control': DANIL "
+      "with lam = 0, the noise floor (not in the paper).")
   _PRETRAINED_ROOT = flags.DEFINE_string(
       'pretrained_root', None,
       "One folder per backbone from danil_jax.convert; '' trains from "

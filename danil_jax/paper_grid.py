@@ -9,6 +9,7 @@ import ast
 import importlib
 import os
 
+from danil_jax import comparison
 from danil_jax import paper_numbers as pn
 
 # Keys the grid sets, and keys that only make sense per data set.
@@ -105,9 +106,10 @@ def plan(workdir: str, *, datasets, backbones, methods, seeds,
           f'--config.{key} is set per run: use --datasets/--backbones/'
           '--methods/--seeds/--pretrained_root, --manual_root or '
           '--dataset_config=NAME:key=value')
-  unknown = [m for m in methods if m not in pn.RUN_METHODS]
+  known = pn.RUN_METHODS + (pn.CONTROL,)
+  unknown = [m for m in methods if m not in known]
   if unknown:
-    raise ValueError(f'--methods: {unknown} not in {list(pn.RUN_METHODS)}')
+    raise ValueError(f'--methods: {unknown} not in {list(known)}')
   workdir = os.path.abspath(os.path.expanduser(workdir))
   runs = []
   for dataset in datasets:
@@ -130,7 +132,8 @@ def plan(workdir: str, *, datasets, backbones, methods, seeds,
           config.model.name = backbone
           config.model.pretrained = (os.path.join(pretrained_root, backbone)
                                      if pretrained_root else '')
-          config.method, config.seed = method, seed
+          comparison.set_method(config, method)
+          config.seed = seed
           config.lock()
           runs.append(Run(dataset, backbone, method, seed, workdir, config))
   return runs

@@ -6,13 +6,17 @@ is the mean +- sample sd (ddof=1) over seeds and, below Base, the mean +- sd
 of the paired difference to Base on the same seeds. The paper's number sits
 beside it with its own difference to the paper's Base (one run each). Rows of
 methods danil-jax does not implement (Multi-task, DIL, CANet) hold only the
-paper's numbers, marked "not run here".
+paper's numbers, marked "not run here"; the control (DANIL with lam = 0),
+when run, gets a row below the paper's. `difference_tables` adds, per metric,
+each paired difference with its 95% interval, p-value, minimum detectable
+effect and reading (danil_jax.paired_stats) beside the paper's one-run one.
 """
 
 import math
 
 import numpy as np
 
+from danil_jax import paired_stats
 from danil_jax import paper_numbers as pn
 
 NOT_RUN_HERE = 'not run here'
@@ -26,7 +30,8 @@ def _finite(x):
 
 def cell_stats(values: dict[int, float],
                base: dict[int, float] | None) -> dict | None:
-  """{seed: value} (and Base's) -> mean, sd, n and the paired difference."""
+  """{seed: value} (and Base's) -> mean, sd, n and the paired difference
+  (`paired_stats.describe`: with its 95% interval and detectable effect)."""
   if not values:
     return None
   seeds = sorted(values)
@@ -34,13 +39,9 @@ def cell_stats(values: dict[int, float],
   cell = dict(n=len(seeds), seeds=seeds, values=v.tolist(),
               mean=float(v.mean()),
               sd=_finite(float(v.std(ddof=1))) if len(v) > 1 else None)
-  if base is not None:
-    common = [s for s in seeds if s in base]
-    if common:
-      d = np.array([values[s] - base[s] for s in common], np.float64)
-      cell['minus_base'] = dict(
-          n=len(common), mean=float(d.mean()),
-          sd=float(d.std(ddof=1)) if len(d) > 1 else None)
+  difference = paired_stats.paired(values, base) if base else None
+  if difference is not None:
+    cell['minus_base'] = difference
   return cell
 
 
@@ -52,7 +53,7 @@ def _metric_values(results, key, metric):
 def _row(results, dataset, backbones, method, metric, methods, paper: bool):
   """One table row: per backbone our cell (or why there is none) and the
   paper's number with its difference to the paper's Base."""
-  run_here = method in pn.RUN_METHODS
+  run_here = method in pn.RUN_METHODS or method == pn.CONTROL
   status = ('run' if method in methods else
             NOT_REQUESTED if run_here else NOT_RUN_HERE)
   cells = {}
@@ -92,7 +93,9 @@ def build(results: dict, *, datasets, backbones, methods, seeds,
     rows = []
     for dataset in datasets:
       printed = pn.table_methods(table, dataset) if dataset in pn.DATASETS else ()
-      for method in table.methods:
+      # The control, when run, below the paper's rows: the noise floor.
+      order = table.methods + ((pn.CONTROL,) if pn.CONTROL in methods else ())
+      for method in order:
         if method in printed or method in methods:
           rows.append(_row(results, dataset, backbones, method, table.metric,
                            methods, paper=True))
@@ -175,6 +178,56 @@ def _markdown_table(title: str, rows: list[dict], backbones, num_seeds: int,
   return lines + ['']
 
 
+def _difference_table(title: str, rows: list[dict], backbones,
+                      paper: bool) -> list[str]:
+  """One line per method, data set and backbone with a paired difference to
+  Base: its interval, detectable effect and reading, and the paper's."""
+  header = ['Data set', 'Method', 'Backbone', *paired_stats.HEADERS]
+  header += ['paper − Base (one run)'] if paper else []
+  lines = []
+  for row in rows:
+    for backbone in backbones:
+      cell = row['cells'][backbone]
+      stat = (cell['ours'] or {}).get('minus_base')
+      if stat is None:
+        continue
+      line = [pn.DATASET_LABELS.get(row['dataset'], row['dataset']),
+              row['label'], pn.BACKBONE_LABELS.get(backbone, backbone),
+              *paired_stats.cells(stat)]
+      if paper:
+        line.append('—' if cell.get('paper_minus_base') is None
+                    else f"{cell['paper_minus_base']:+.3f}")
+      lines.append('| ' + ' | '.join(line) + ' |')
+  if not lines:
+    return []
+  return [f'### {title}', '', '| ' + ' | '.join(header) + ' |',
+          '|' + '---|' * len(header), *lines, '']
+
+
+def difference_tables(tables: dict) -> list[str]:
+  """Markdown of the paired differences to Base, one table per metric (of
+  the paper's tables, the one with most rows; then the headline metrics)."""
+  lines, by_metric = [], {}
+  for table in tables['tables']:
+    if len(table['rows']) > len(by_metric.get(table['metric'], ())):
+      by_metric[table['metric']] = table['rows']
+  for metric, rows in by_metric.items():
+    lines += _difference_table(f'Paired differences to Base: {metric}', rows,
+                               tables['backbones'], paper=True)
+  for table in tables['headline']:
+    lines += _difference_table(
+        f"Paired differences to Base: {table['metric']}", table['rows'],
+        tables['backbones'], paper=False)
+  if lines:
+    lines += [paired_stats.LEGEND.format(pm='±') + ' The paper reports one '
+              'run per cell: its difference has no interval. If one-run '
+              'differences scatter with sd σ (ours above estimates σ for '
+              'runs on the same seed), a single one is significant at 5% '
+              'only beyond 1.96 σ, and an effect is found with 80% power '
+              'only beyond 2.8 σ.', '']
+  return lines
+
+
 def to_markdown(tables: dict) -> str:
   """The tables as markdown, with a legend; `tables` as `build` returns."""
   num_seeds = len(tables['seeds'])
@@ -193,4 +246,4 @@ def to_markdown(tables: dict) -> str:
   for table in tables['headline']:
     lines += _markdown_table(table['title'], table['rows'],
                              tables['backbones'], num_seeds, paper=False)
-  return '\n'.join(lines)
+  return '\n'.join(lines + difference_tables(tables))

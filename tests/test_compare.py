@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,26 +34,66 @@ def test_mean_sample_sd_and_paired_difference():
   assert 'minus_base' not in summary['base']['accuracy']
   table = comparison.format_summary(summary)
   assert '0.6750 +- 0.1768 (+0.0750 +- 0.0354)' in table
+  # The interval: mean +- t(0.975, 1 df) * sd / sqrt(2), t from a printed
+  # table (tests/test_comparison_stats.py checks the detectable effect).
+  half = 12.7062 * 0.025
+  assert f1['minus_base']['ci95'] == pytest.approx(
+      [0.075 - half, 0.075 + half], abs=1e-5)
+  lines = table.splitlines()
+  header = next(line for line in lines if '95% CI' in line)
+  assert re.split(r'\s{2,}', header) == [
+      'method', 'metric', 'pairs', 'difference', '95% CI', 'p', 'detectable',
+      'reading']
+  row = re.split(r'\s{2,}', next(l for l in lines if 'danil   macro_f1' in l))
+  assert row == [
+      'danil', 'macro_f1', '2', '+0.0750 +- 0.0354',
+      f'[{0.075 - half:+.4f}, {0.075 + half:+.4f}]', '0.205',
+      f"{f1['minus_base']['detectable']:.4f}",
+      'interval contains 0: no difference shown']
 
 
 def test_command_trains_each_seed_and_summarises_their_final_metrics(
     tmp_path):
+  """Base and the control (DANIL with lam = 0) on two seeds, one step each:
+  every new column in the console, the markdown and the JSON."""
   work = tmp_path / 'work'
   result = subprocess.run(
       [sys.executable, '-m', 'danil_jax.compare', '--config=configs/demo.py',
-       f'--workdir={work}', '--methods=base', '--seeds=3,4',
+       f'--workdir={work}', '--methods=base,control', '--seeds=3,4',
        f'--config.dataset.data_dir={tmp_path / "data"}',
        '--config.max_steps=1', '--config.input.global_batch_size=8',
        '--config.input.eval_batch_size=200'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(work / 'comparison.json'))
-  finals = [json.load(open(work / f'base_seed{s}' / 'final_metrics.json'))
-            for s in (3, 4)]
+  finals = {m: [json.load(open(work / f'{m}_seed{s}' / 'final_metrics.json'))
+                for s in (3, 4)] for m in ('base', 'control')}
   assert summary['base']['seeds'] == [3, 4]
-  assert summary['base']['accuracy']['values'] == [f['accuracy']
-                                                   for f in finals]
+  assert summary['base']['accuracy']['values'] == [
+      f['accuracy'] for f in finals['base']]
+  for seed in (3, 4):  # the control trained DANIL's step with lam = 0
+    saved = json.load(open(work / f'control_seed{seed}' / 'config.json'))
+    assert (saved['method'], saved['danil']['lam'], saved['seed']) == (
+        'danil', 0.0, seed)
   assert 'mean +- sample sd over seeds' in result.stdout
+  diff = np.array([c['macro_f1'] - b['macro_f1']
+                   for b, c in zip(finals['base'], finals['control'])])
+  stat = summary['control']['macro_f1']['minus_base']
+  half = 12.7062 * diff.std(ddof=1) / np.sqrt(2)  # t(0.975, 1 df), a table
+  assert stat['mean'] == pytest.approx(diff.mean())
+  assert stat['ci95'] == pytest.approx([diff.mean() - half,
+                                        diff.mean() + half], abs=1e-4)
+  assert stat['detectable'] is not None and stat['reading']
+  markdown = (work / 'comparison.md').read_text()
+  assert ('| method | metric | pairs | difference | 95% CI | p | detectable '
+          '| reading |') in markdown
+  assert '| control | macro_f1 | 2 |' in markdown
+  assert '| control | 2 |' in markdown  # its own row among the means
+  assert 'Noise floor: control' in markdown
+  console = result.stdout.splitlines()
+  header = next(line for line in console if '95% CI' in line)
+  assert 'detectable' in header and 'reading' in header
+  assert any(line.startswith('control  macro_f1  2') for line in console)
 
 
 def _config():
@@ -179,3 +220,26 @@ def test_finished_report_only_for_the_same_config(tmp_path):
   assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
   config.num_epochs = 4
   assert compare.finished_report(str(tmp_path), config) is None
+
+
+def test_control_trains_danil_with_lam_0_whatever_the_sweep(tmp_path):
+  config = _config()
+  config.method = 'base'
+  point = (('danil.lam', '1e-3', 1e-3), ('danil.reduction', 'batch', 'batch'),
+           ('num_epochs', '5', 5))
+  settings = compare._run_settings(config, comparison.CONTROL, 7, point)
+  assert (settings.method, settings.danil.lam, settings.danil.reduction,
+          settings.num_epochs, settings.seed) == ('danil', 0.0, 'per_image',
+                                                  5, 7)
+  # Its directory names only the keys that change it.
+  assert compare.run_dir('w', 'control', 7, point) == os.path.join(
+      'w', 'control_num_epochs=5_seed7')
+  # A run saved as DANIL with lam = 0 (as trained elsewhere) is its result.
+  saved = _config()
+  saved.danil.lam, saved.num_epochs, saved.seed = 0.0, 5, 7
+  (tmp_path / 'config.json').write_text(saved.to_json_best_effort())
+  (tmp_path / 'final_metrics.json').write_text('{"macro_f1": 0.5}')
+  assert compare.finished_report(str(tmp_path), settings) == {'macro_f1': 0.5}
+  saved.danil.lam = 1e-5  # a DANIL run is not the control
+  (tmp_path / 'config.json').write_text(saved.to_json_best_effort())
+  assert compare.finished_report(str(tmp_path), settings) is None

@@ -159,6 +159,53 @@ def test_an_unfinished_run_reads_pending():
   assert '|  | Base+DANIL | pending | 0.674 (+0.016) |' in text
 
 
+def test_control_row_and_paired_differences_with_interval():
+  results = _fixed_results()
+  results[('ham10000', 'resnet50', 'control')] = {
+      0: dict(macro_f1=0.61, accuracy=0.80), 1: dict(macro_f1=0.69,
+                                                    accuracy=0.91)}
+  tables = paper_tables.build(
+      results, datasets=['ham10000'], backbones=['resnet50'],
+      methods=['base', 'danil', 'control'], seeds=[0, 1])
+  text = paper_tables.to_markdown(tables)
+  # Its own row below the paper's in each table, with no paper number.
+  assert text.count('|  | DANIL, lam = 0 (control) | 0.6500 ± 0.0566 '
+                    '(+0.0000 ± 0.0141) | — |') == 2
+  assert ('| Data set | Method | Backbone | pairs | difference | 95% CI | p '
+          '| detectable | reading | paper − Base (one run) |') in text
+  # DANIL - Base: 0.04 and 0.06; t(0.975, 1 df) = 12.7062 from a table.
+  half = 12.7062 * 0.01
+  assert (f'| HAM10000 | Base+DANIL | ResNet50 | 2 | +0.0500 ± 0.0141 | '
+          f'[{0.05 - half:+.4f}, {0.05 + half:+.4f}] |') in text
+  assert text.count('interval contains 0: no difference shown') == 4
+  assert '| +0.016 |' in text  # the paper's one-run difference beside it
+  danil = tables['tables'][0]['rows'][1]['cells']['resnet50']['ours']
+  assert danil['minus_base']['ci95'] == pytest.approx(
+      [0.05 - half, 0.05 + half], abs=1e-5)
+  assert danil['minus_base']['detectable'] > 0.05
+  control = tables['tables'][0]['rows'][2]
+  assert (control['method'], control['status']) == ('control', 'run')
+  json.dumps(tables, allow_nan=False)
+
+
+def test_the_control_trains_danil_with_lam_0(tmp_path):
+  from danil_jax import paper
+  runs = paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
+                         backbones=['small_resnet'],
+                         methods=['base', 'control'], seeds=[0],
+                         pretrained_root='', config_overrides={})
+  control = runs[1]
+  assert control.workdir.endswith(os.path.join('small_resnet',
+                                               'control_seed0'))
+  assert (control.config.method, control.config.danil.lam) == ('danil', 0.0)
+  line = paper.job_command(control)
+  assert '--config.method=danil' in line and '--config.danil.lam=0.0' in line
+  with pytest.raises(ValueError, match='--methods'):
+    paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
+                    backbones=['small_resnet'], methods=['contrl'],
+                    seeds=[0], pretrained_root='', config_overrides={})
+
+
 # -------------------------------------------------------- the command ------
 
 
