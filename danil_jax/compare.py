@@ -10,7 +10,8 @@ WORKDIR (a rerun reuses the finished runs there and resumes the others),
 then prints and writes WORKDIR/comparison.{json,md}: per method the mean and
 sample standard deviation over seeds, and the paired difference to the first
 method on the same seeds with its 95% confidence interval and the smallest
-difference the seeds can detect (danil_jax.paired_stats); with a sweep, one
+difference the seeds can detect (danil_jax.paired_stats), drawn in
+WORKDIR/differences.png (each interval beside +- that difference); with a sweep, one
 such table per point of the grid and WORKDIR/sweep.png, each metric against
 the swept value with error bars. The method `control` trains DANIL with
 lam = 0 (whatever `danil.lam` a sweep gives): its difference to Base is the
@@ -51,6 +52,7 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 
 SWEEP_PLOT = 'sweep.png'
+DIFFERENCES_PLOT = 'differences.png'
 COMPARISON = 'comparison'  # .json and .md
 
 
@@ -253,10 +255,13 @@ def _write_comparison(config, workdir: str, sweep, summaries) -> None:
             f'{config.dataset.eval_split}')
   with open(os.path.join(workdir, COMPARISON + '.md'), 'w') as f:
     f.write(comparison.to_markdown(summaries, header.strip()))
+  forest = comparison.plot_differences(
+      summaries, os.path.join(workdir, DIFFERENCES_PLOT))
   if not sweep:
     with open(os.path.join(workdir, COMPARISON + '.json'), 'w') as f:
       json.dump(summaries[0][1], f, indent=2)
     print(header + ':\n' + comparison.format_summary(summaries[0][1]))
+    print(f'\nwrote {forest}')
     return
   with open(os.path.join(workdir, COMPARISON + '.json'), 'w') as f:
     json.dump(dict(sweep=[[key, [t for t, _ in values]]
@@ -269,7 +274,7 @@ def _write_comparison(config, workdir: str, sweep, summaries) -> None:
           + comparison.format_summary(summary))
   plot = comparison.plot_sweep(summaries, sweep,
                                os.path.join(workdir, SWEEP_PLOT))
-  print(f'\nwrote {plot}')
+  print(f'\nwrote {plot} and {forest}')
 
 if __name__ == '__main__':
   app.run(main)

@@ -264,3 +264,46 @@ def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
   fig.savefig(path, dpi=80)
   plt.close(fig)
   return path
+
+
+def plot_differences(summaries: list[tuple[tuple, dict]], path: str) -> str:
+  """A forest plot: per sweep point and method, the paired difference of
+  METRICS[0] to the reference with its 95% interval (dark) and, behind it,
+  +- the minimum detectable effect (light): an interval inside the light bar
+  that contains 0 says the comparison could not have seen a smaller effect."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # no display on servers and CI
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  reference = next(iter(summaries[0][1]))
+  rows = []
+  for point, summary in summaries:
+    for method, entry in summary.items():
+      stat = entry[METRICS[0]].get(f'minus_{reference}')
+      if stat and stat['ci95'] is not None:
+        label = ' '.join([method] + [
+            f"{k.removeprefix(method + '.')}={t}" for k, t, _ in point
+            if applies(k, method)])
+        if label not in (r[0] for r in rows):  # shared runs shown once
+          rows.append((label, stat))
+  fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+  for y, (_, stat) in enumerate(reversed(rows)):
+    if stat['detectable'] is not None:
+      ax.barh(y, 2 * stat['detectable'], left=-stat['detectable'],
+              height=0.5, color='C0', alpha=0.15)
+    low, high = stat['ci95']
+    ax.errorbar(stat['mean'], y, xerr=[[stat['mean'] - low],
+                                       [high - stat['mean']]],
+                fmt='o', color='C0', capsize=3)
+  ax.axvline(0.0, color='grey', linewidth=0.8)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
+  ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)],
+                fontsize=8)
+  ax.set_xlabel(f'{METRICS[0]} minus {reference}, paired over seeds')
+  ax.set_title('95% CI (bars) and ± minimum detectable effect (shaded)',
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80, bbox_inches='tight')
+  plt.close(fig)
+  return path

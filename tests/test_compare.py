@@ -90,6 +90,7 @@ def test_command_trains_each_seed_and_summarises_their_final_metrics(
   assert '| control | macro_f1 | 2 |' in markdown
   assert '| control | 2 |' in markdown  # its own row among the means
   assert 'Noise floor: control' in markdown
+  assert (work / 'differences.png').read_bytes()[:4] == b'\x89PNG'
   console = result.stdout.splitlines()
   header = next(line for line in console if '95% CI' in line)
   assert 'detectable' in header and 'reading' in header
