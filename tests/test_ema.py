@@ -10,6 +10,8 @@ with it and compares the rerun's final checkpoint, average included.
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -35,6 +37,8 @@ from tests import test_faults
 
 if not flags.FLAGS.is_parsed():  # grain reads absl flags
   flags.FLAGS.mark_as_parsed()
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def numpy_decay(decay, t):
@@ -282,5 +286,10 @@ def test_report_and_evaluate_name_and_use_the_weights(runs, data_dir):
   outdir, metrics = trained_run.evaluate_run(runs['ema'], TEST, 'last', 'raw')
   assert outdir.endswith(f'{TEST}_last_raw') and metrics['weights'] == 'raw'
   assert metrics['loss'] == plain['loss']
-  with pytest.raises(ValueError, match='keeps no weight EMA.*--weights=raw'):
-    trained_run.load(runs['plain'], 'last', weights='ema')
+  command = subprocess.run(
+      [sys.executable, '-m', 'danil_jax.evaluate', f"--workdir={runs['plain']}",
+       '--weights=ema'], cwd=REPO, capture_output=True, text=True,
+      env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu'), timeout=300)
+  assert command.returncode == 1
+  assert 'keeps no weight EMA' in command.stderr, command.stderr[-2000:]
+  assert '--weights=raw' in command.stderr
