@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import orbax.checkpoint as ocp
 
 from danil_jax import checkpointing
@@ -67,9 +66,7 @@ def restore_state(directory: str, step: int, state_tree):
     if step not in manager.all_steps():
       raise ValueError(f'{directory} has no checkpoint of step {step}; it has '
                        f'{sorted(manager.all_steps())}')
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree)
-    return manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))['state']
+    return checkpointing.restore_step(manager, step, state_tree)
   finally:
     manager.close()
 

@@ -1,7 +1,7 @@
 """Orbax checkpoints of the whole run: the train state and its RNG.
 
 Each checkpoint holds the parameters, BatchNorm statistics, optimiser state,
-step and RNG key. The input position follows from the step
+step and RNG key, and the weight EMA where the run keeps one (ema.py). The input position follows from the step
 (input_pipeline.train_loader), so rerunning the same command resumes exactly
 where the last checkpoint left off, on any number of hosts: orbax restores
 every array onto the shardings of the given state. Orbax writes into a
@@ -17,6 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from danil_jax import ema
 
 
 def absolute_path(path) -> epath.Path:
@@ -48,12 +50,10 @@ def restore_latest(manager: ocp.CheckpointManager, state_tree):
   the one restored instead, the newest readable one before it. If none can be
   read, raises CheckpointError naming each with its error.
   """
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_tree)
   failures = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))
+      restored = restore_step(manager, step, state_tree)
     except Exception as e:  # pylint: disable=broad-except
       failures.append((step, e))
       continue
@@ -69,7 +69,7 @@ def restore_latest(manager: ocp.CheckpointManager, state_tree):
               f'read ({type(e).__name__}); resuming from '
               f'{_step_dir(manager, step)} instead', file=sys.stderr,
               flush=True)
-    return restored['state']
+    return restored
   if failures:
     raise CheckpointError(
         f'no checkpoint in {manager.directory} can be read:\n  ' + '\n  '.join(
@@ -77,6 +77,20 @@ def restore_latest(manager: ocp.CheckpointManager, state_tree):
         + '\nMove the directory away to start afresh, or use another '
         '--workdir.')
   return None
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, state_tree):
+  """Checkpoint `step`'s state tree, restored with the structure, shapes,
+  dtypes and shardings of `state_tree`; a weight EMA on one side only is
+  reconciled (ema.restore_target, ema.complete), not an error."""
+  metadata = manager.item_metadata(step)
+  saved = metadata['state'] if metadata is not None else None
+  saved_keys = set(saved.keys()) if saved is not None else set(state_tree)
+  target = ema.restore_target(state_tree, saved_keys)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))['state']
+  return ema.complete(restored, state_tree, _step_dir(manager, step))
 
 
 class CheckpointError(RuntimeError):

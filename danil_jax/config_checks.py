@@ -72,6 +72,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, (int, float)) or not value >= 0:
       raise ConfigError(f'config.{key} must be a number >= 0, got {value!r}')
   _check_danil(config)
+  _check_ema(config)
   if not 0 < config.ohem.keep_ratio <= 1:
     raise ConfigError('config.ohem.keep_ratio must be in (0, 1], got '
                       f'{config.ohem.keep_ratio!r}')
@@ -96,6 +97,17 @@ def _check_danil(config) -> None:
         "from the step's one forward in the compute dtype (float32 maps there "
         "would need a second, float32 forward); use map_dtype='compute' or "
         "config.model.dtype='float32'")
+
+
+def _check_ema(config) -> None:
+  decay = config.optim.ema_decay
+  if (isinstance(decay, bool) or not isinstance(decay, (int, float))
+      or not 0 <= decay < 1):
+    raise ConfigError('config.optim.ema_decay must be a number in [0, 1) '
+                      f'(0 = no weight EMA), got {decay!r}')
+  if not isinstance(config.eval.use_ema, bool):
+    raise ConfigError('config.eval.use_ema must be True or False, got '
+                      f'{config.eval.use_ema!r}')
 
 
 def _check_image_size(config) -> None:

@@ -1,12 +1,13 @@
 """Scores a run's checkpoint on a split, without touching its training state.
 
 python -m danil_jax.evaluate --workdir=DIR [--split=test]
-    [--checkpoint=best|last|STEP]
+    [--checkpoint=best|last|STEP] [--weights=ema|raw]
 
 writes DIR/eval/<split>_<checkpoint>/: metrics.json (every metric of
 metrics.py, the data set's own included), predictions.csv (id, label,
 prediction, metadata, one probability column per class) and
-confusion_matrix.png, roc_curves.png.
+confusion_matrix.png, roc_curves.png. With --weights other than those the
+run reports, the directory is <split>_<checkpoint>_<weights>.
 """
 
 from absl import app
@@ -17,6 +18,10 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'Split to score.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'last', "'best' (by the validation metric), 'last' or a "
     'step number.')
+_WEIGHTS = flags.DEFINE_enum(
+    'weights', None, ['ema', 'raw'], "The checkpoint's weight EMA or its raw "
+    'weights; default: those the run reports (ema with '
+    'config.optim.ema_decay > 0 and config.eval.use_ema, else raw).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -25,7 +30,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
   with trained_run.command_errors_exit():
-    trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+    trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
+                             _WEIGHTS.value)
 
 
 if __name__ == '__main__':

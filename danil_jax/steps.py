@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from danil_jax import ema as ema_lib
 from danil_jax import losses
 from danil_jax import misclassified_only as misclassified_only_lib
 
@@ -22,6 +23,9 @@ METHODS = ('base', 'ohem', 'danil')
 class TrainState(train_state.TrainState):
   batch_stats: Any
   rng: jax.Array  # base key; each step folds in its step number
+  # The weight EMA {'params', 'batch_stats'} (danil_jax/ema.py); None when
+  # config.optim.ema_decay = 0: no arrays, nothing computed or saved.
+  ema: Any = None
 
 
 def make_optimizer(optim, steps_per_epoch: int,
@@ -49,10 +53,15 @@ def make_optimizer(optim, steps_per_epoch: int,
   return sgd
 
 
-def create_train_state(model, variables, tx, rng) -> TrainState:
+def create_train_state(model, variables, tx, rng, *,
+                       ema: bool = False) -> TrainState:
+  """The state before step 0; with `ema`, a weight average (ema.py) that
+  starts as these weights."""
+  batch_stats = variables.get('batch_stats', {})
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
-      batch_stats=variables.get('batch_stats', {}), tx=tx, rng=rng)
+      batch_stats=batch_stats, tx=tx, rng=rng,
+      ema=ema_lib.init(variables['params'], batch_stats) if ema else None)
 
 
 def _forward_fn(state: TrainState, params, rng) -> Callable:
@@ -116,8 +125,12 @@ def _loss(params, state, batch, rng, *, method: str, lam: float, eps: float,
 def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
                eps: float = 1e-4, keep_ratio: float = 0.7,
                skip_correct: bool = False, reduction: str = 'per_image',
-               misclassified_only: bool = False, map_dtype: str = 'compute'):
+               misclassified_only: bool = False, map_dtype: str = 'compute',
+               ema_decay: float = 0.0):
   """One SGD step; returns the new state and scalar metrics.
+
+  `ema_decay` > 0 updates the state's weight EMA (ema.py; the state must
+  have one, create_train_state(ema=True)) with the step's new weights.
 
   `misclassified_only` (DANIL only, opt-in; `misclassified_only.py`): each
   image's maps with the running BatchNorm statistics, the double backprop
@@ -139,6 +152,9 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   `_value_and_grad_skipping_correct`); worth it late in training, when most
   batches are classified correctly (the `misclassified` metric says).
   """
+  if ema_decay and state.ema is None:
+    raise ValueError(f'ema_decay={ema_decay} needs a state with a weight '
+                     'EMA: create_train_state(..., ema=True)')
   rng = jax.random.fold_in(state.rng, state.step)
   loss_fn = functools.partial(_loss, state=state, batch=batch, rng=rng,
                               method=method, lam=lam, eps=eps,
@@ -164,6 +180,10 @@ def train_step(state: TrainState, batch, *, method: str, lam: float = 1e-5,
   new_state = state.apply_gradients(grads=grads)
   if model_updates:
     new_state = new_state.replace(batch_stats=model_updates['batch_stats'])
+  if ema_decay:
+    new_state = new_state.replace(ema=ema_lib.update(
+        state.ema, ema_lib.weights(new_state.params, new_state.batch_stats),
+        decay=ema_decay, step=state.step))
   grad_norm = optax.tree.norm(grads)
   new_state, nonfinite = _keep_old_state_if_nonfinite(state, new_state, loss,
                                                       grad_norm)
@@ -194,7 +214,8 @@ def _keep_old_state_if_nonfinite(state: TrainState, new_state: TrainState,
 
   A step whose loss, gradient norm, updated parameters or BatchNorm
   statistics hold a NaN or Inf keeps the old parameters, optimiser state and
-  statistics: nothing non-finite can reach the state, hence no checkpoint.
+  statistics (and weight EMA): nothing non-finite can reach the state, hence
+  no checkpoint.
   The step counter still advances, so the batch counts as consumed and the
   next step draws the next batch and its own dropout key (`train.py` decides
   whether to stop, per config.faults.max_nonfinite_in_a_row).
@@ -207,7 +228,8 @@ def _keep_old_state_if_nonfinite(state: TrainState, new_state: TrainState,
       params=jax.tree.map(keep, new_state.params, state.params),
       opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
       batch_stats=jax.tree.map(keep, new_state.batch_stats,
-                               state.batch_stats))
+                               state.batch_stats),
+      ema=jax.tree.map(keep, new_state.ema, state.ema))
   return guarded, 1.0 - finite.astype(jnp.float32)
 
 
@@ -306,9 +328,14 @@ def eval_step(state: TrainState, batch):
 
 
 def state_to_checkpoint(state: TrainState) -> dict:
-  """The arrays of a TrainState, as a plain tree orbax saves."""
-  return dict(params=state.params, batch_stats=state.batch_stats,
+  """The arrays of a TrainState, as a plain tree orbax saves; the weight EMA
+  only where the state keeps one, so a run without it saves what it did
+  before the EMA existed."""
+  tree = dict(params=state.params, batch_stats=state.batch_stats,
               opt_state=state.opt_state, step=state.step, rng=state.rng)
+  if state.ema is not None:
+    tree[ema_lib.KEY] = state.ema
+  return tree
 
 
 def state_from_checkpoint(state: TrainState, tree: dict) -> TrainState:

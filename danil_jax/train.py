@@ -8,6 +8,7 @@ resumes from the latest checkpoint.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 
@@ -143,7 +144,8 @@ def _initial_state(run: context.Run) -> steps.TrainState:
   tx = steps.make_optimizer(config.optim, dataset.steps_per_epoch,
                             config.num_epochs)
   return sharding.replicate(
-      steps.create_train_state(model, variables, tx, state_rng), mesh)
+      steps.create_train_state(model, variables, tx, state_rng,
+                               ema=config.optim.ema_decay > 0), mesh)
 
 
 # ------------------------------------------------------- the whole run --
@@ -173,7 +175,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = jax.jit(
       functools.partial(steps.train_step, method=config.method,
                         keep_ratio=config.ohem.keep_ratio,
-                        skip_correct=config.danil.skip_correct, **loss_kw),
+                        skip_correct=config.danil.skip_correct,
+                        ema_decay=config.optim.ema_decay, **loss_kw),
       in_shardings=(replicated, data), out_shardings=(replicated, replicated),
       donate_argnums=0)
   gradient_share = jax.jit(
@@ -239,16 +242,23 @@ def _resume(run: context.Run, state, evaluate: context.Evaluation):
 def _final_evaluations(run: context.Run, state, step: int,
                        last_epoch: context.Scored | None,
                        evaluate: context.Evaluation, outputs: context.Outputs):
-  """({'last': Scored[, 'best': Scored]} on eval_split, the best model's
-  select_by value or None).
+  """({'last': Scored[, 'last_<other weights>': Scored][, 'best': Scored]}
+  on eval_split, the best model's select_by value or None).
 
   The last epoch's scores are reused when it scored eval_split; with a
-  validation split the best model (if any was kept) is scored too.
+  validation split the best model (if any was kept) is scored too. Each is
+  scored with evaluate.weights; with a weight EMA the last model also with
+  the other weights (`last_raw` or `last_ema`), as timm scores both.
   """
   test_split = run.config.dataset.eval_split
   if last_epoch is None or evaluate.val_split:
     last_epoch = context.Scored(step, *evaluate(state, test_split))
-  finals, best_value = {'last': last_epoch}, None
+  finals, best_value = {
+      'last': dataclasses.replace(last_epoch, weights=evaluate.weights)}, None
+  if state.ema is not None:
+    other = 'raw' if evaluate.weights == 'ema' else 'ema'
+    finals[f'last_{other}'] = context.Scored(
+        step, *evaluate(state, test_split, other), weights=other)
   if evaluate.val_split:
     outputs.best_manager.wait_until_finished()
     best_step, best_value = best_checkpoint.best_so_far(outputs.best_manager)
@@ -258,39 +268,49 @@ def _final_evaluations(run: context.Run, state, step: int,
               outputs.best_manager.directory, best_step,
               steps.state_to_checkpoint(state)))
       finals['best'] = context.Scored(best_step,
-                                      *evaluate(best_state, test_split))
+                                      *evaluate(best_state, test_split),
+                                      weights=evaluate.weights)
   return finals, best_value
 
 
 def _write_final_report(run: context.Run, step: int, finals: dict,
                         best_value, evaluate: context.Evaluation,
                         outputs: context.Outputs) -> None:
-  """eval_split's scores, each also written to WORKDIR/eval/<split>_<model>/
-  as the `evaluate` command writes it, to final_metrics.json and stdout."""
+  """eval_split's scores, each also written to WORKDIR/eval/<split>_<name>/
+  as the `evaluate` command writes it, to final_metrics.json and stdout;
+  each names its model (checkpoint) and weights."""
   config, class_names = run.config, run.dataset.class_names
   test_split = config.dataset.eval_split
-  for model, scored in finals.items():
+  with_ema = any(name.startswith('last_') for name in finals)
+  heads = {}
+  for name, scored in finals.items():
+    model = 'best' if name == 'best' else 'last'
+    heads[name] = dict(step=scored.step, split=test_split, model=model,
+                       weights=scored.weights)
     evaluation.write_outputs(
-        run.workdir / 'eval' / f'{test_split}_{model}',
-        scored.predictions, dict(step=scored.step, split=test_split,
-                                 model=model, **scored.report), class_names,
+        run.workdir / 'eval' / f'{test_split}_{name}', scored.predictions,
+        dict(heads[name], **scored.report), class_names,
         title=f'{config.dataset.name} {test_split}, {model} model '
-        f'(step {scored.step})')
-    if evaluate.val_split:
+        f'(step {scored.step}' + (f', {scored.weights} weights)' if with_ema
+                                  else ')'))
+    if evaluate.val_split or with_ema:
       outputs.tensorboard.write(dict(kind='final', step=step, split=test_split,
-                                     model=model, **scored.report))
-  final = dict(step=step, split=test_split, model='last',
-               **finals['last'].report)
+                                     model=name, **scored.report))
+  final = dict(heads['last'], step=step, **finals['last'].report)
+  for name in finals:
+    if name.startswith('last_'):  # the last model's other weights
+      final[name] = dict(heads[name], **finals[name].report)
   if 'best' in finals:
-    final['best'] = dict(step=finals['best'].step, split=test_split,
-                         selected_on=evaluate.val_split,
+    final['best'] = dict(heads['best'], selected_on=evaluate.val_split,
                          select_by=evaluate.select_by,
                          selection_value=best_value, **finals['best'].report)
   (run.workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
-  for model, scored in finals.items():
+  for name, scored in finals.items():
     chosen = (f', best {evaluate.val_split} {evaluate.select_by}'
-              if model == 'best' else '')
-    print(f'\nFinal {test_split} metrics after {scored.step} steps '
-          f'({config.method}, {model} model{chosen}):\n'
+              if name == 'best' else '')
+    if with_ema:
+      chosen += f', {scored.weights} weights'
+    print(f"\nFinal {test_split} metrics after {scored.step} steps "
+          f"({config.method}, {heads[name]['model']} model{chosen}):\n"
           + metrics_lib.format_report(scored.report, class_names,
                                       config.eval.headline), flush=True)

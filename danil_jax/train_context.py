@@ -12,6 +12,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from danil_jax import ema
 from danil_jax import evaluation
 from danil_jax import input_pipeline
 from danil_jax import run_log
@@ -45,7 +46,9 @@ class Evaluation:
 
   With a validation split, every epoch scores it and keeps the best model
   by `select_by`; the final report scores eval_split with best and last.
-  Without (the paper's protocol), every epoch scores eval_split.
+  Without (the paper's protocol), every epoch scores eval_split. With a
+  weight EMA the `weights` of ema.default_weights are scored unless told
+  otherwise (the best model is kept by them).
   """
 
   def __init__(self, run: Run, eval_step):
@@ -54,10 +57,12 @@ class Evaluation:
         run.config, run.dataset.builder.info.splits)
     self.epoch_split = self.val_split or run.config.dataset.eval_split
     self.select_by = evaluation.select_by(run.config)
+    self.weights = ema.default_weights(run.config)
     self._split_metadata = {}
 
-  def __call__(self, state, split: str):
+  def __call__(self, state, split: str, weights: str | None = None):
     config, dataset = self._run.config, self._run.dataset
+    state = ema.select(state, weights or self.weights)
     if split not in self._split_metadata:
       self._split_metadata[split] = evaluation.read_metadata(dataset.builder,
                                                              split)
@@ -91,3 +96,4 @@ class Scored:
   step: int
   predictions: Any
   report: dict
+  weights: str = 'raw'  # 'ema' or 'raw' (ema.py)

@@ -32,6 +32,7 @@ import data_prep
 from danil_jax import augment
 from danil_jax import best_checkpoint
 from danil_jax import checkpointing
+from danil_jax import ema
 from danil_jax import evaluation
 from danil_jax import input_pipeline
 from danil_jax import intrinsic_maps
@@ -53,6 +54,7 @@ class TrainedRun:
   step: int
   checkpoint: str  # 'best', 'last' or the step, as asked
   eval_step: object  # jitted steps.eval_step over the mesh
+  weights: str = 'raw'  # in state.params/batch_stats: 'ema' or 'raw'
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
@@ -68,14 +70,24 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 
 
 def load(workdir: str, checkpoint: str = 'last', *,
-         need_data: bool = True) -> TrainedRun:
+         need_data: bool = True, weights: str | None = None) -> TrainedRun:
   """The run in `workdir` with the model of `checkpoint` restored.
 
   Without `need_data` (predicting on files) the data set is not built or
-  read: its builder only gives the class names.
+  read: its builder only gives the class names. `weights`: 'ema' or 'raw'
+  (ema.py), None for those the run reports (ema.default_weights).
   """
   workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)
+  has_ema = config.optim.get('ema_decay', 0.0) > 0
+  weights = weights or ema.default_weights(config)
+  if weights not in ema.WEIGHTS:
+    raise ValueError(f'--weights must be one of {list(ema.WEIGHTS)}, got '
+                     f'{weights!r}')
+  if weights == 'ema' and not has_ema:
+    raise ValueError(f'--weights=ema: the run in {workdir} keeps no weight '
+                     'EMA (its config.optim.ema_decay is 0); use '
+                     '--weights=raw')
   directory, step = best_checkpoint.find_checkpoint(workdir, checkpoint)
   if need_data:
     builder = data_prep.prepare(
@@ -102,21 +114,28 @@ def load(workdir: str, checkpoint: str = 'last', *,
   # values do not matter here.
   tx = steps.make_optimizer(config.optim, 1, config.num_epochs)
   state = sharding.replicate(
-      steps.create_train_state(model, variables, tx, state_rng), mesh)
-  state = steps.state_from_checkpoint(state, best_checkpoint.restore_state(
-      directory, step, steps.state_to_checkpoint(state)))
+      steps.create_train_state(model, variables, tx, state_rng,
+                               ema=has_ema), mesh)
+  state = ema.select(steps.state_from_checkpoint(
+      state, best_checkpoint.restore_state(
+          directory, step, steps.state_to_checkpoint(state))), weights)
   replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
   eval_step = jax.jit(steps.eval_step, in_shardings=(replicated, data),
                       out_shardings=replicated)
   return TrainedRun(config=config, builder=builder, class_names=class_names,
                     model=model, pre=pre, mesh=mesh, state=state, step=step,
-                    checkpoint=checkpoint, eval_step=eval_step)
+                    checkpoint=checkpoint, eval_step=eval_step,
+                    weights=weights)
 
 
-def evaluate_run(workdir: str, split: str = 'test',
-                 checkpoint: str = 'last') -> tuple[str, dict]:
-  """Evaluates; returns the output directory and the metrics."""
-  run = load(workdir, checkpoint)
+def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
+                 weights: str | None = None) -> tuple[str, dict]:
+  """Evaluates; returns the output directory and the metrics.
+
+  The output directory is <split>_<checkpoint>, with `_<weights>` added
+  where they are not those the run reports (as the trainer names them).
+  """
+  run = load(workdir, checkpoint, weights=weights)
   if split not in run.builder.info.splits:
     raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
                      f'splits {sorted(run.builder.info.splits)}')
@@ -126,15 +145,21 @@ def evaluate_run(workdir: str, split: str = 'test',
       mesh=run.mesh, metadata=evaluation.read_metadata(run.builder, split),
       num_workers=run.config.input.num_workers)
   metrics = dict(step=run.step, split=split, model=checkpoint,
+                 weights=run.weights,
                  **evaluation.report(predictions, run.class_names,
                                      run.config.eval))
-  outdir = checkpointing.absolute_path(workdir) / 'eval' / (
-      f'{split}_{checkpoint}')
+  name = f'{split}_{checkpoint}'
+  if run.weights != ema.default_weights(run.config):
+    name += f'_{run.weights}'
+  outdir = checkpointing.absolute_path(workdir) / 'eval' / name
+  weights_note = (f', {run.weights} weights' if run.state.ema is not None
+                  else '')
   evaluation.write_outputs(
       outdir, predictions, metrics, run.class_names,
       title=f'{run.config.dataset.name} {split}, {checkpoint} model '
-      f'(step {run.step})')
-  print(f'{split} metrics of the {checkpoint} model (step {run.step}):\n'
+      f'(step {run.step}{weights_note})')
+  print(f'{split} metrics of the {checkpoint} model (step {run.step}'
+        f'{weights_note}):\n'
         + metrics_lib.format_report(metrics, run.class_names,
                                     run.config.eval.headline))
   print(f'wrote {outdir}')

@@ -201,6 +201,19 @@ def reference(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope='module')
+def reference_ema(tmp_path_factory, data_dir):
+  """The uninterrupted run's workdir, with a weight EMA."""
+  workdir = str(tmp_path_factory.mktemp('reference_ema'))
+  train.train_and_evaluate(make_config(data_dir, **EMA), workdir)
+  return workdir
+
+
+# A decay the warm-up caps from step 3 on; the average is checkpointed with
+# the weights and must resume bit for bit too (tests/test_ema.py).
+EMA = {'optim.ema_decay': 0.3}
+
+
+@pytest.fixture(scope='module')
 def first_epoch(tmp_path_factory, data_dir):
   """A finished 1-epoch run (checkpoints 3 and 4), to rerun for longer."""
   workdir = str(tmp_path_factory.mktemp('first_epoch'))
@@ -212,22 +225,24 @@ def first_epoch(tmp_path_factory, data_dir):
 # ------------------------------------------------------------ kill, rerun
 
 
-@pytest.mark.parametrize('point, at, num_workers, resumed_from', [
-    ('step', 6, 0, 4),  # killed computing step 6
-    ('save', 6, 1, 4),  # killed between writing and committing checkpoint 6
-    ('eval', 2, 1, 3),  # killed in the first evaluation, at step 4
+@pytest.mark.parametrize('point, at, num_workers, resumed_from, ema', [
+    ('step', 6, 0, 4, False),  # killed computing step 6
+    ('save', 6, 1, 4, False),  # killed between writing and committing ckpt 6
+    ('eval', 2, 1, 3, False),  # killed in the first evaluation, at step 4
+    ('step', 6, 0, 4, True),  # the same kill with a weight EMA
 ])
 def test_sigkill_then_rerun_gives_the_uninterrupted_checkpoint(
-    tmp_path, data_dir, reference, point, at, num_workers, resumed_from):
+    tmp_path, data_dir, request, point, at, num_workers, resumed_from, ema):
+  overrides = {'input.num_workers': num_workers, **(EMA if ema else {})}
   workdir = tmp_path / 'run'
-  killed = run_driver(tmp_path, workdir, data_dir, point, at,
-                      **{'input.num_workers': num_workers})
+  killed = run_driver(tmp_path, workdir, data_dir, point, at, **overrides)
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert max(saved_steps(workdir)) == resumed_from
-  train.train_and_evaluate(
-      make_config(data_dir, **{'input.num_workers': num_workers}),
-      str(workdir))
+  train.train_and_evaluate(make_config(data_dir, **overrides), str(workdir))
+  reference = request.getfixturevalue('reference_ema' if ema else 'reference')
   assert_same_checkpoint(workdir, reference)
+  assert any(k.startswith("['ema']") for k in checkpoint_arrays(
+      workdir, TOTAL_STEPS)) == ema
   assert train_steps(workdir) == list(range(1, TOTAL_STEPS + 1))
 
 
