@@ -1,12 +1,13 @@
 """Scores a run's checkpoint on a split, without touching its training state.
 
 python -m danil_jax.evaluate --workdir=DIR [--split=test]
-    [--checkpoint=best|last|STEP]
+    [--checkpoint=best|last|STEP] [--tta=none|flips|flips_rot90]
 
-writes DIR/eval/<split>_<checkpoint>/: metrics.json (every metric of
-metrics.py, the data set's own included), predictions.csv (id, label,
-prediction, metadata, one probability column per class) and
-confusion_matrix.png, roc_curves.png.
+writes DIR/eval/<split>_<checkpoint>[_<tta>]/: metrics.json (every metric
+of metrics.py, the data set's own included, and calibration.py's),
+predictions.csv (id, label, prediction, metadata, one probability column
+per class, then the temperature-scaled ones when the run has a validation
+split) and confusion_matrix.png, roc_curves.png, reliability_diagram.png.
 """
 
 from absl import app
@@ -17,6 +18,10 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'Split to score.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'last', "'best' (by the validation metric), 'last' or a "
     'step number.')
+_TTA = flags.DEFINE_enum(
+    'tta', None, ['none', 'flips', 'flips_rot90'],
+    'Test-time augmentation: the softmax probabilities averaged over flipped '
+    '(and rotated) copies. Default: the run\'s config.eval.tta.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -25,7 +30,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
   with trained_run.command_errors_exit():
-    trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+    trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
+                             tta=_TTA.value)
 
 
 if __name__ == '__main__':

@@ -179,11 +179,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   gradient_share = jax.jit(
       functools.partial(steps.distraction_gradient_share, **loss_kw),
       in_shardings=(replicated, data), out_shardings=replicated)
-  eval_step = jax.jit(steps.eval_step, in_shardings=(replicated, data),
-                      out_shardings=replicated)
+  eval_step = evaluation.jit_eval_step(mesh)
+  # The final report's, with test-time augmentation (none per epoch: model
+  # selection stays as cheap as one forward).
+  final_eval_step = (evaluation.jit_eval_step(mesh, config.eval.tta)
+                     if config.eval.tta != 'none' else eval_step)
 
   # ----------------------------------------------------------- evaluation --
-  evaluate = context.Evaluation(run, eval_step)
+  evaluate = context.Evaluation(run, eval_step, final_eval_step)
 
   # --------------------------------------------------------------- resume --
   state, outputs = _resume(run, state, evaluate)
@@ -242,13 +245,14 @@ def _final_evaluations(run: context.Run, state, step: int,
   """({'last': Scored[, 'best': Scored]} on eval_split, the best model's
   select_by value or None).
 
-  The last epoch's scores are reused when it scored eval_split; with a
-  validation split the best model (if any was kept) is scored too.
+  The last epoch's predictions are reused when it scored eval_split and
+  there is no TTA to add; with a validation split the best model (if any
+  was kept) is scored too, and each model's temperature is fitted on it.
   """
   test_split = run.config.dataset.eval_split
-  if last_epoch is None or evaluate.val_split:
-    last_epoch = context.Scored(step, *evaluate(state, test_split))
-  finals, best_value = {'last': last_epoch}, None
+  reuse = None if last_epoch is None else last_epoch.predictions
+  last = context.Scored(step, *evaluate.final(state, test_split, reuse=reuse))
+  finals, best_value = {'last': last}, None
   if evaluate.val_split:
     outputs.best_manager.wait_until_finished()
     best_step, best_value = best_checkpoint.best_so_far(outputs.best_manager)
@@ -258,7 +262,7 @@ def _final_evaluations(run: context.Run, state, step: int,
               outputs.best_manager.directory, best_step,
               steps.state_to_checkpoint(state)))
       finals['best'] = context.Scored(best_step,
-                                      *evaluate(best_state, test_split))
+                                      *evaluate.final(best_state, test_split))
   return finals, best_value
 
 
@@ -271,7 +275,8 @@ def _write_final_report(run: context.Run, step: int, finals: dict,
   test_split = config.dataset.eval_split
   for model, scored in finals.items():
     evaluation.write_outputs(
-        run.workdir / 'eval' / f'{test_split}_{model}',
+        run.workdir / 'eval' / evaluation.output_name(test_split, model,
+                                                      config.eval.tta),
         scored.predictions, dict(step=scored.step, split=test_split,
                                  model=model, **scored.report), class_names,
         title=f'{config.dataset.name} {test_split}, {model} model '

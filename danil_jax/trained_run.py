@@ -39,6 +39,7 @@ from danil_jax import metrics as metrics_lib
 from danil_jax import models
 from danil_jax import sharding
 from danil_jax import steps
+from danil_jax import tta as tta_lib
 
 
 @dataclasses.dataclass
@@ -52,7 +53,8 @@ class TrainedRun:
   state: steps.TrainState
   step: int
   checkpoint: str  # 'best', 'last' or the step, as asked
-  eval_step: object  # jitted steps.eval_step over the mesh
+  eval_step: object  # jitted steps.eval_step over the mesh, with `tta`
+  tta: str  # test-time augmentation (danil_jax.tta)
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
@@ -68,14 +70,18 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 
 
 def load(workdir: str, checkpoint: str = 'last', *,
-         need_data: bool = True) -> TrainedRun:
+         need_data: bool = True, tta: str | None = None) -> TrainedRun:
   """The run in `workdir` with the model of `checkpoint` restored.
 
   Without `need_data` (predicting on files) the data set is not built or
-  read: its builder only gives the class names.
+  read: its builder only gives the class names. `tta`: the test-time
+  augmentation of its eval step; None takes the run's config.eval.tta.
   """
   workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)
+  if tta is None:
+    tta = config.eval.get('tta', 'none')  # absent in runs from before it
+  tta_lib.check(tta, '--tta')
   directory, step = best_checkpoint.find_checkpoint(workdir, checkpoint)
   if need_data:
     builder = data_prep.prepare(
@@ -105,31 +111,41 @@ def load(workdir: str, checkpoint: str = 'last', *,
       steps.create_train_state(model, variables, tx, state_rng), mesh)
   state = steps.state_from_checkpoint(state, best_checkpoint.restore_state(
       directory, step, steps.state_to_checkpoint(state)))
-  replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  eval_step = jax.jit(steps.eval_step, in_shardings=(replicated, data),
-                      out_shardings=replicated)
   return TrainedRun(config=config, builder=builder, class_names=class_names,
                     model=model, pre=pre, mesh=mesh, state=state, step=step,
-                    checkpoint=checkpoint, eval_step=eval_step)
+                    checkpoint=checkpoint,
+                    eval_step=evaluation.jit_eval_step(mesh, tta), tta=tta)
 
 
-def evaluate_run(workdir: str, split: str = 'test',
-                 checkpoint: str = 'last') -> tuple[str, dict]:
-  """Evaluates; returns the output directory and the metrics."""
-  run = load(workdir, checkpoint)
-  if split not in run.builder.info.splits:
-    raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
-                     f'splits {sorted(run.builder.info.splits)}')
-  predictions = evaluation.predict_split(
+def _predict_split(run: TrainedRun, split: str):
+  return evaluation.predict_split(
       run.eval_step, run.state, run.builder.as_data_source(split),
       pre=run.pre, global_batch_size=run.config.input.eval_batch_size,
       mesh=run.mesh, metadata=evaluation.read_metadata(run.builder, split),
-      num_workers=run.config.input.num_workers)
+      num_workers=run.config.input.num_workers, tta=run.tta)
+
+
+def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
+                 tta: str | None = None) -> tuple[str, dict]:
+  """Evaluates, calibrated on the run's validation split if it has one;
+  returns the output directory and the metrics."""
+  run = load(workdir, checkpoint, tta=tta)
+  if split not in run.builder.info.splits:
+    raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
+                     f'splits {sorted(run.builder.info.splits)}')
+  predictions = _predict_split(run, split)
+  val_split = evaluation.validation_split(run.config,
+                                          run.builder.info.splits)
+  validation = None
+  if val_split:
+    validation = (predictions if val_split == split else
+                  _predict_split(run, val_split))
+  predictions = evaluation.calibrate(predictions, validation, val_split)
   metrics = dict(step=run.step, split=split, model=checkpoint,
                  **evaluation.report(predictions, run.class_names,
                                      run.config.eval))
   outdir = checkpointing.absolute_path(workdir) / 'eval' / (
-      f'{split}_{checkpoint}')
+      evaluation.output_name(split, checkpoint, run.tta))
   evaluation.write_outputs(
       outdir, predictions, metrics, run.class_names,
       title=f'{run.config.dataset.name} {split}, {checkpoint} model '
