@@ -145,7 +145,21 @@ def calibrate(predictions: Predictions, validation: Predictions | None,
       calibrated_probabilities=calibration.apply_temperature(
           predictions.log_probabilities, temperature),
       calibration=f'temperature fitted on {validation_split!r} '
-      f'({len(validation.labels)} images) by minimising the NLL')
+      f'({len(validation.labels)} images) by minimising the NLL'
+      + (' (the evaluated split itself)' if validation is predictions
+         else ''))
+
+
+def predict_calibrated(predict, split: str, validation_split: str):
+  """`predict(split)` (a split's Predictions) with temperature scaling
+  fitted on `predict(validation_split)`, or the reason there is none
+  (`validation_split` '')."""
+  predictions = predict(split)
+  validation = None
+  if validation_split:
+    validation = (predictions if validation_split == split
+                  else predict(validation_split))
+  return calibrate(predictions, validation, validation_split)
 
 
 def report(predictions: Predictions, class_names, eval_config) -> dict:

@@ -83,14 +83,9 @@ class Evaluation:
     `split` without TTA, if at hand (used when there is nothing to add)."""
     if reuse is not None and self.tta == 'none' and not self.val_split:
       return self._report(evaluation.calibrate(reuse, None))
-    predictions = self._predict(self._final_eval_step, state, split, self.tta)
-    validation = None
-    if self.val_split:
-      validation = (predictions if split == self.val_split else
-                    self._predict(self._final_eval_step, state,
-                                  self.val_split, self.tta))
-    return self._report(evaluation.calibrate(predictions, validation,
-                                             self.val_split))
+    return self._report(evaluation.predict_calibrated(
+        lambda s: self._predict(self._final_eval_step, state, s, self.tta),
+        split, self.val_split))
 
 
 @dataclasses.dataclass(frozen=True)

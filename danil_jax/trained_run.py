@@ -133,14 +133,9 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
   if split not in run.builder.info.splits:
     raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
                      f'splits {sorted(run.builder.info.splits)}')
-  predictions = _predict_split(run, split)
-  val_split = evaluation.validation_split(run.config,
-                                          run.builder.info.splits)
-  validation = None
-  if val_split:
-    validation = (predictions if val_split == split else
-                  _predict_split(run, val_split))
-  predictions = evaluation.calibrate(predictions, validation, val_split)
+  predictions = evaluation.predict_calibrated(
+      functools.partial(_predict_split, run), split,
+      evaluation.validation_split(run.config, run.builder.info.splits))
   metrics = dict(step=run.step, split=split, model=checkpoint,
                  **evaluation.report(predictions, run.class_names,
                                      run.config.eval))

@@ -167,3 +167,27 @@ def test_report_keys_with_and_without_a_validation_split():
       _ece_by_loop(test.labels, reference), abs=1e-5)
   assert report['macro_f1'] == plain['macro_f1']
   assert "'validation' (100 images)" in report['calibration']
+
+
+def test_predict_calibrated_fits_on_the_validation_predictions():
+  rng = np.random.default_rng(5)
+  logits = {'test': rng.normal(0, 3, (50, 3)), 'val': rng.normal(0, 3, (80, 3))}
+  labels = {k: rng.integers(0, 3, len(v)) for k, v in logits.items()}
+  asked = []
+
+  def predict(split):
+    asked.append(split)
+    return _predictions(labels[split], logits[split])
+
+  out = evaluation.predict_calibrated(predict, 'test', 'val')
+  assert asked == ['test', 'val']
+  assert out.temperature == pytest.approx(
+      calibration.fit_temperature(labels['val'], logits['val']), rel=1e-4)
+  asked.clear()
+  out = evaluation.predict_calibrated(predict, 'val', 'val')
+  assert asked == ['val'] and out.calibration.endswith(
+      '(the evaluated split itself)')
+  asked.clear()
+  out = evaluation.predict_calibrated(predict, 'test', '')
+  assert asked == ['test'] and out.temperature is None
+  assert out.calibrated_probabilities is None
