@@ -115,6 +115,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.patient_min_tiles = 10
   config.eval.bootstrap_samples = 1000
   config.eval.bootstrap_seed = 0
+  # Test-time augmentation of the final report (danil_jax/tta.py): 'none',
+  # 'flips' (4 copies) or 'flips_rot90' (8, the square's symmetries); the
+  # softmax probabilities averaged over the copies, which run as one batch
+  # (n times the evaluation memory). Per-epoch evaluations (model selection)
+  # stay without: one forward each. `evaluate --tta` overrides it.
+  config.eval.tta = 'none'
 
   # Multi-host: call jax.distributed.initialize() before anything else.
   config.distributed = False

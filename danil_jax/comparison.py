@@ -18,6 +18,9 @@ from danil_jax import paired_stats
 from danil_jax import paper_numbers
 
 METRICS = ('macro_f1', 'accuracy')
+# Summarised like METRICS where every seed's run has them (ece_calibrated and
+# brier only with a validation split; danil_jax/calibration.py).
+CALIBRATION = ('ece', 'ece_calibrated', 'brier')
 # Read from each DANIL run's metrics.jsonl: whether the term acts at all.
 DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')
 # Config sections only one method reads.
@@ -54,7 +57,10 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
   summary = {}
   for method in methods:
     entry = dict(seeds=sorted(results[method]))
-    for metric in METRICS:
+    for metric in METRICS + CALIBRATION:
+      if metric in CALIBRATION and not all(
+          results[method][s].get(metric) is not None for s in entry['seeds']):
+        continue
       values = np.array([results[method][s][metric] for s in entry['seeds']])
       entry[metric] = dict(
           mean=float(values.mean()),
@@ -63,7 +69,8 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
       if method != methods[0]:
         entry[metric][f'minus_{methods[0]}'] = paired_stats.paired(
             {s: results[method][s][metric] for s in entry['seeds']},
-            {s: r[metric] for s, r in reference.items()})
+            {s: r[metric] for s, r in reference.items()
+             if r.get(metric) is not None})
     for key in DIAGNOSTICS:  # DANIL runs' medians over their logged steps
       values = [results[method][s][key] for s in entry['seeds']
                 if key in results[method][s]]
@@ -98,6 +105,21 @@ def format_summary(summary: dict) -> str:
     cells.append(f"{entry[ratio]['mean']:>10.3g}" if ratio in entry
                  else f"{'-':>10}")
     lines.append(f"{method:<8} {len(entry['seeds']):>5}  " + '  '.join(cells))
+  calibration = [m for m in CALIBRATION if any(m in summary[n] for n in methods)]
+  if calibration:
+    lines.append(f"{'':<8} {'':>5}  " + '  '.join(f'{m:>34}'
+                                                  for m in calibration))
+    for method in methods:
+      cells = []
+      for metric in calibration:
+        value = summary[method].get(metric)
+        cell = '-' if value is None else (
+            f"{value['mean']:.4f} +- {value['sd']:.4f}")
+        paired = (value or {}).get(f'minus_{methods[0]}')
+        if paired and paired['sd'] is not None:
+          cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
+        cells.append(f'{cell:>34}')
+      lines.append(f"{method:<8} {'':>5}  " + '  '.join(cells))
   lines.append(f'mean +- sample sd over seeds; (+x +- s): mean and sample sd '
                f'of the paired difference to {methods[0]} on the same seeds; '
                'grad ratio: '

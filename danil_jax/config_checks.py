@@ -13,6 +13,7 @@ import ml_collections
 from danil_jax import losses
 from danil_jax import models
 from danil_jax import steps
+from danil_jax import tta
 
 # Smallest input side each backbone accepts: below it a feature map becomes
 # empty (Inception-v4's unpadded stem and reductions; VGG's five 2x2 pools
@@ -53,6 +54,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'model.name', models.names())
   _one_of(config, 'model.dtype', DTYPES)
   _one_of(config, 'optim.schedule', SCHEDULES)
+  _one_of(config, 'eval.tta', tta.MODES)
   for key in ('input.global_batch_size', 'input.eval_batch_size',
               'num_epochs', 'log_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'dataset.num_classes',

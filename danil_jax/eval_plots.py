@@ -1,8 +1,10 @@
-"""PNG figures of an evaluation: the confusion matrix and the ROC curves."""
+"""PNG figures of an evaluation: the confusion matrix, the ROC curves and
+the reliability diagram."""
 
 import numpy as np
 from sklearn import metrics as skm
 
+from danil_jax import calibration
 from danil_jax import plots
 
 
@@ -59,6 +61,50 @@ def roc_curves(labels, probabilities, class_names, path: str,
   ax.set_title(title or 'ROC, one vs rest', fontsize=9)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  plots.save_png(fig, path)
+  plt.close(fig)
+  return path
+
+
+def reliability_diagram(labels, probabilities, path: str, *,
+                        calibrated=None, temperature=None,
+                        title: str = '') -> str:
+  """Accuracy against confidence in calibration.NUM_BINS equal-width bins
+  (top label), the bars' share of images below; with temperature scaling
+  the calibrated probabilities' points beside. A calibrated model lies on
+  the diagonal; bars below it are over-confident."""
+  plt = _pyplot()
+  num_bins = calibration.NUM_BINS
+  edges = np.linspace(0, 1, num_bins + 1)
+  centres, width = (edges[:-1] + edges[1:]) / 2, 1 / num_bins
+  fig, (ax, hist) = plt.subplots(
+      2, 1, figsize=(5, 6), sharex=True,
+      gridspec_kw=dict(height_ratios=(3, 1)))
+  series = [('uncalibrated', probabilities, 'C0')]
+  if calibrated is not None:
+    series.append((f'temperature {temperature:.3g}', calibrated, 'C1'))
+  for index, (name, probs, colour) in enumerate(series):
+    ece = calibration.expected_calibration_error(labels, probs)
+    if ece is None:  # non-finite: nothing to bin
+      continue
+    count, accuracy, _ = calibration.reliability_bins(labels, probs)
+    used = count > 0
+    offset = (index - (len(series) - 1) / 2) * width / len(series)
+    ax.bar(centres[used] + offset, accuracy[used], width / len(series),
+           color=colour, alpha=0.75, edgecolor='k', lw=0.4,
+           label=f'{name} (ECE {ece:.3f})')
+    hist.bar(centres + offset, count / max(count.sum(), 1),
+             width / len(series), color=colour, alpha=0.75)
+  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('accuracy')
+  ax.set_title(title or 'reliability diagram', fontsize=9)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7, loc='upper left')
+  hist.set_xlabel(f'confidence (max probability, {num_bins} bins)')
+  hist.set_ylabel('share of images')
   fig.tight_layout()
   plots.save_png(fig, path)
   plt.close(fig)

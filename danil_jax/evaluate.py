@@ -2,12 +2,15 @@
 
 python -m danil_jax.evaluate --workdir=DIR [--split=test]
     [--checkpoint=best|last|STEP] [--weights=ema|raw]
+    [--tta=none|flips|flips_rot90]
 
-writes DIR/eval/<split>_<checkpoint>/: metrics.json (every metric of
-metrics.py, the data set's own included), predictions.csv (id, label,
-prediction, metadata, one probability column per class) and
-confusion_matrix.png, roc_curves.png. With --weights other than those the
-run reports, the directory is <split>_<checkpoint>_<weights>.
+writes DIR/eval/<split>_<checkpoint>[_<tta>]/: metrics.json (every metric
+of metrics.py, the data set's own included, and calibration.py's),
+predictions.csv (id, label, prediction, metadata, one probability column
+per class, then the temperature-scaled ones when the run has a validation
+split) and confusion_matrix.png, roc_curves.png, reliability_diagram.png.
+With --weights other than those the run reports, `_<weights>` is added to
+the directory's name.
 """
 
 from absl import app
@@ -22,6 +25,10 @@ _WEIGHTS = flags.DEFINE_enum(
     'weights', None, ['ema', 'raw'], "The checkpoint's weight EMA or its raw "
     'weights; default: those the run reports (ema with '
     'config.optim.ema_decay > 0 and config.eval.use_ema, else raw).')
+_TTA = flags.DEFINE_enum(
+    'tta', None, ['none', 'flips', 'flips_rot90'],
+    'Test-time augmentation: the softmax probabilities averaged over flipped '
+    '(and rotated) copies. Default: the run\'s config.eval.tta.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -31,7 +38,7 @@ def main(argv):
   from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
   with trained_run.command_errors_exit():
     trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
-                             _WEIGHTS.value)
+                             _WEIGHTS.value, tta=_TTA.value)
 
 
 if __name__ == '__main__':

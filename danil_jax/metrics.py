@@ -218,10 +218,17 @@ def format_report(report: dict, class_names, headline=()) -> str:
                       'patient_auroc_ci95', 'patient_auroc_mean_prob',
                       'patient_auroc_mean_prob_ci95', 'num_patients', 'loss')
           if k in report and k not in headline]
+  calibration = [k for k in ('ece', 'ece_calibrated', 'temperature', 'brier',
+                             'brier_calibrated', 'tta')
+                 if k in report and k not in headline]
   lines = []
   if head:
     lines.append(f'{head}   ({report["num_examples"]} images)')
   lines.append('   '.join(f'{k} {_fmt(report[k])}' for k in rest))
+  if calibration:
+    lines.append('   '.join(f'{k} {_fmt(report[k])}' for k in calibration)
+                 + (f"   ({report['calibration']})"
+                    if 'calibration' in report else ''))
   lines.append(' ' * width + ''.join(
       f'{n[:width - 1]:>{width}}' for n in class_names))
   for key in ('precision', 'recall', 'f1', 'auroc'):

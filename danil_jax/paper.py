@@ -35,6 +35,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import default
+from danil_jax import comparison
 from danil_jax import paper_grid
 from danil_jax import paper_numbers as pn
 from danil_jax import paper_tables
@@ -218,7 +219,8 @@ def collect(runs: list[paper_grid.Run], seeds, *, extra_metrics=()) -> dict:
   methods = list(dict.fromkeys(r.method for r in runs))
   return paper_tables.build(
       results, datasets=datasets, backbones=backbones, methods=methods,
-      seeds=seeds, headline_metrics=headline_metrics(runs, extra_metrics))
+      seeds=seeds, headline_metrics=headline_metrics(runs, extra_metrics),
+      calibration_metrics=comparison.CALIBRATION)
 
 
 def _is_chief() -> bool:

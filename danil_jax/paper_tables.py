@@ -80,8 +80,9 @@ def _row(results, dataset, backbones, method, metric, methods, paper: bool):
 
 
 def build(results: dict, *, datasets, backbones, methods, seeds,
-          headline_metrics=()) -> dict:
-  """The paper's four tables (and one per headline metric) as a dict.
+          headline_metrics=(), calibration_metrics=()) -> dict:
+  """The paper's four tables (and one per headline and calibration metric,
+  each where some finished run has it) as a dict.
 
   `results` maps (dataset, backbone, method) to {seed: {metric: value}} for
   the finished runs. Rows: the methods the paper prints for each data set in
@@ -102,7 +103,10 @@ def build(results: dict, *, datasets, backbones, methods, seeds,
     tables.append(dict(number=table.number, title=table.title,
                        metric=table.metric, rows=rows))
   headline = []
-  for metric in headline_metrics:
+  titles = ([(m, f'Headline metric: {m}') for m in headline_metrics]
+            + [(m, f'Calibration: {m} (lower is better)')
+               for m in calibration_metrics])
+  for metric, title in titles:
     rows = []
     for dataset in datasets:
       dataset_rows = [_row(results, dataset, backbones, method, metric,
@@ -113,8 +117,7 @@ def build(results: dict, *, datasets, backbones, methods, seeds,
              for cell in row['cells'].values()):
         rows += dataset_rows
     if rows:
-      headline.append(dict(title=f'Headline metric: {metric}', metric=metric,
-                           rows=rows))
+      headline.append(dict(title=title, metric=metric, rows=rows))
   return dict(seeds=list(seeds), datasets=list(datasets),
               backbones=list(backbones), methods=methods, tables=tables,
               headline=headline)

@@ -2,6 +2,7 @@
 
 python -m danil_jax.predict --workdir=DIR --images=PATH_OR_GLOB
     --out=preds.csv [--checkpoint=last] [--skip_bad]
+    [--tta=none|flips|flips_rot90]
 
 Each JPEG/PNG (any size, greyscale and RGBA converted to RGB) gets the
 run's evaluation preprocessing (central crop, resize, normalise) and one
@@ -24,6 +25,10 @@ _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'last', "'best', 'last' or a step number.")
 _SKIP_BAD = flags.DEFINE_bool(
     'skip_bad', False, 'List unreadable files and go on without them.')
+_TTA = flags.DEFINE_enum(
+    'tta', None, ['none', 'flips', 'flips_rot90'],
+    'Test-time augmentation: the softmax probabilities averaged over flipped '
+    '(and rotated) copies. Default: the run\'s config.eval.tta.')
 flags.mark_flags_as_required(['workdir', 'images', 'out'])
 
 
@@ -34,7 +39,7 @@ def main(argv):
   with trained_run.command_errors_exit():
     paths = trained_run.image_paths(_IMAGES.value)
     run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value,
-                           need_data=False)
+                           need_data=False, tta=_TTA.value)
     rows, bad = trained_run.predict_files(run, paths,
                                           skip_bad=_SKIP_BAD.value)
     for reason in bad:

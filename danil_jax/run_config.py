@@ -48,6 +48,8 @@ OBSERVE_ONLY = (
     'distributed_init',
     'input.num_workers',
     'faults',
+    # Only the final report's test-time augmentation; training is the same.
+    'eval.tta',
 )
 
 

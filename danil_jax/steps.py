@@ -16,6 +16,7 @@ from flax.training import train_state
 from danil_jax import ema as ema_lib
 from danil_jax import losses
 from danil_jax import misclassified_only as misclassified_only_lib
+from danil_jax import tta as tta_lib
 
 METHODS = ('base', 'ohem', 'danil')
 
@@ -314,17 +315,25 @@ def _shares(g_ce, g_d) -> dict:
               distraction_grad_ratio=norm_d / jnp.maximum(norm_ce, tiny))
 
 
-def eval_step(state: TrainState, batch):
-  """Float32 softmax probabilities, predictions and the masked loss sum for
-  one (possibly padded) batch."""
+def eval_step(state: TrainState, batch, tta: str = 'none'):
+  """Float32 softmax probabilities (and their logarithm), predictions and
+  the masked loss sum for one (possibly padded) batch.
+
+  With test-time augmentation (danil_jax.tta) the probabilities are the mean
+  over each image's transformed copies, run as one batch; the loss is then
+  the cross-entropy of that mean.
+  """
   logits = state.apply_fn(
       {'params': state.params, 'batch_stats': state.batch_stats},
-      batch['image'], train=False).astype(jnp.float32)
+      tta_lib.expand(batch['image'], tta), train=False).astype(jnp.float32)
+  probabilities, log_probabilities = tta_lib.average(logits, tta)
   mask = batch['mask'].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-  return dict(prediction=jnp.argmax(logits, -1), label=batch['label'],
-              mask=batch['mask'], ce_sum=jnp.sum(ce * mask),
-              probabilities=jax.nn.softmax(logits, axis=-1))
+  ce = -jnp.take_along_axis(log_probabilities, batch['label'][:, None],
+                            axis=-1)[:, 0]
+  return dict(prediction=jnp.argmax(log_probabilities, -1),
+              label=batch['label'], mask=batch['mask'],
+              ce_sum=jnp.sum(ce * mask), probabilities=probabilities,
+              log_probabilities=log_probabilities)
 
 
 def state_to_checkpoint(state: TrainState) -> dict:

@@ -8,7 +8,6 @@ resumes from the latest checkpoint.
 """
 
 import contextlib
-import dataclasses
 import functools
 import json
 
@@ -182,11 +181,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   gradient_share = jax.jit(
       functools.partial(steps.distraction_gradient_share, **loss_kw),
       in_shardings=(replicated, data), out_shardings=replicated)
-  eval_step = jax.jit(steps.eval_step, in_shardings=(replicated, data),
-                      out_shardings=replicated)
+  eval_step = evaluation.jit_eval_step(mesh)
+  # The final report's, with test-time augmentation (none per epoch: model
+  # selection stays as cheap as one forward).
+  final_eval_step = (evaluation.jit_eval_step(mesh, config.eval.tta)
+                     if config.eval.tta != 'none' else eval_step)
 
   # ----------------------------------------------------------- evaluation --
-  evaluate = context.Evaluation(run, eval_step)
+  evaluate = context.Evaluation(run, eval_step, final_eval_step)
 
   # --------------------------------------------------------------- resume --
   state, outputs = _resume(run, state, evaluate)
@@ -245,20 +247,23 @@ def _final_evaluations(run: context.Run, state, step: int,
   """({'last': Scored[, 'last_<other weights>': Scored][, 'best': Scored]}
   on eval_split, the best model's select_by value or None).
 
-  The last epoch's scores are reused when it scored eval_split; with a
-  validation split the best model (if any was kept) is scored too. Each is
-  scored with evaluate.weights; with a weight EMA the last model also with
-  the other weights (`last_raw` or `last_ema`), as timm scores both.
+  The last epoch's predictions are reused when it scored eval_split and
+  there is no TTA to add; with a validation split the best model (if any
+  was kept) is scored too, and each model's temperature is fitted on it.
+  Each is scored with evaluate.weights; with a weight EMA the last model
+  also with the other weights (`last_raw` or `last_ema`), as timm scores
+  both.
   """
   test_split = run.config.dataset.eval_split
-  if last_epoch is None or evaluate.val_split:
-    last_epoch = context.Scored(step, *evaluate(state, test_split))
-  finals, best_value = {
-      'last': dataclasses.replace(last_epoch, weights=evaluate.weights)}, None
+  reuse = None if last_epoch is None else last_epoch.predictions
+  finals, best_value = {'last': context.Scored(
+      step, *evaluate.final(state, test_split, reuse=reuse),
+      weights=evaluate.weights)}, None
   if state.ema is not None:
     other = 'raw' if evaluate.weights == 'ema' else 'ema'
     finals[f'last_{other}'] = context.Scored(
-        step, *evaluate(state, test_split, other), weights=other)
+        step, *evaluate.final(state, test_split, weights=other),
+        weights=other)
   if evaluate.val_split:
     outputs.best_manager.wait_until_finished()
     best_step, best_value = best_checkpoint.best_so_far(outputs.best_manager)
@@ -268,7 +273,7 @@ def _final_evaluations(run: context.Run, state, step: int,
               outputs.best_manager.directory, best_step,
               steps.state_to_checkpoint(state)))
       finals['best'] = context.Scored(best_step,
-                                      *evaluate(best_state, test_split),
+                                      *evaluate.final(best_state, test_split),
                                       weights=evaluate.weights)
   return finals, best_value
 
@@ -288,8 +293,9 @@ def _write_final_report(run: context.Run, step: int, finals: dict,
     heads[name] = dict(step=scored.step, split=test_split, model=model,
                        weights=scored.weights)
     evaluation.write_outputs(
-        run.workdir / 'eval' / f'{test_split}_{name}', scored.predictions,
-        dict(heads[name], **scored.report), class_names,
+        run.workdir / 'eval' / evaluation.output_name(test_split, name,
+                                                      config.eval.tta),
+        scored.predictions, dict(heads[name], **scored.report), class_names,
         title=f'{config.dataset.name} {test_split}, {model} model '
         f'(step {scored.step}' + (f', {scored.weights} weights)' if with_ema
                                   else ')'))

@@ -48,31 +48,54 @@ class Evaluation:
   by `select_by`; the final report scores eval_split with best and last.
   Without (the paper's protocol), every epoch scores eval_split. With a
   weight EMA the `weights` of ema.default_weights are scored unless told
-  otherwise (the best model is kept by them).
+  otherwise (the best model is kept by them). `final` is the final report's
+  evaluation: with config.eval.tta, and calibrated by a temperature fitted
+  on the validation split.
   """
 
-  def __init__(self, run: Run, eval_step):
+  def __init__(self, run: Run, eval_step, final_eval_step=None):
     self._run, self._eval_step = run, eval_step
+    self._final_eval_step = final_eval_step or eval_step
     self.val_split = evaluation.validation_split(
         run.config, run.dataset.builder.info.splits)
     self.epoch_split = self.val_split or run.config.dataset.eval_split
     self.select_by = evaluation.select_by(run.config)
     self.weights = ema.default_weights(run.config)
+    self.tta = run.config.eval.tta
     self._split_metadata = {}
 
-  def __call__(self, state, split: str, weights: str | None = None):
+  def _predict(self, eval_step, state, split: str, tta: str,
+               weights: str | None):
     config, dataset = self._run.config, self._run.dataset
     state = ema.select(state, weights or self.weights)
     if split not in self._split_metadata:
       self._split_metadata[split] = evaluation.read_metadata(dataset.builder,
                                                              split)
-    predictions = evaluation.predict_split(
-        self._eval_step, state, dataset.builder.as_data_source(split),
+    return evaluation.predict_split(
+        eval_step, state, dataset.builder.as_data_source(split),
         pre=dataset.pre, global_batch_size=config.input.eval_batch_size,
         mesh=self._run.mesh, metadata=self._split_metadata[split],
-        num_workers=config.input.num_workers)
-    return predictions, evaluation.report(predictions, dataset.class_names,
-                                          config.eval)
+        num_workers=config.input.num_workers, tta=tta)
+
+  def _report(self, predictions):
+    return predictions, evaluation.report(
+        predictions, self._run.dataset.class_names, self._run.config.eval)
+
+  def __call__(self, state, split: str, weights: str | None = None):
+    return self._report(self._predict(self._eval_step, state, split, 'none',
+                                      weights))
+
+  def final(self, state, split: str, reuse=None, weights: str | None = None):
+    """The final report on `split` with `weights` (default self.weights);
+    `reuse`: this state's predictions on `split` with self.weights and
+    without TTA, if at hand (used when there is nothing to add)."""
+    if (reuse is not None and self.tta == 'none' and not self.val_split
+        and weights in (None, self.weights)):
+      return self._report(evaluation.calibrate(reuse, None))
+    return self._report(evaluation.predict_calibrated(
+        lambda s: self._predict(self._final_eval_step, state, s, self.tta,
+                                weights),
+        split, self.val_split))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,7 @@ from danil_jax import metrics as metrics_lib
 from danil_jax import models
 from danil_jax import sharding
 from danil_jax import steps
+from danil_jax import tta as tta_lib
 
 
 @dataclasses.dataclass
@@ -53,7 +54,8 @@ class TrainedRun:
   state: steps.TrainState
   step: int
   checkpoint: str  # 'best', 'last' or the step, as asked
-  eval_step: object  # jitted steps.eval_step over the mesh
+  eval_step: object  # jitted steps.eval_step over the mesh, with `tta`
+  tta: str  # test-time augmentation (danil_jax.tta)
   weights: str = 'raw'  # in state.params/batch_stats: 'ema' or 'raw'
 
 
@@ -70,12 +72,15 @@ def read_config(workdir) -> ml_collections.ConfigDict:
 
 
 def load(workdir: str, checkpoint: str = 'last', *,
-         need_data: bool = True, weights: str | None = None) -> TrainedRun:
+         need_data: bool = True, weights: str | None = None,
+         tta: str | None = None) -> TrainedRun:
   """The run in `workdir` with the model of `checkpoint` restored.
 
   Without `need_data` (predicting on files) the data set is not built or
   read: its builder only gives the class names. `weights`: 'ema' or 'raw'
-  (ema.py), None for those the run reports (ema.default_weights).
+  (ema.py), None for those the run reports (ema.default_weights). `tta`:
+  the test-time augmentation of its eval step; None takes the run's
+  config.eval.tta.
   """
   workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)
@@ -88,6 +93,9 @@ def load(workdir: str, checkpoint: str = 'last', *,
     raise ValueError(f'--weights=ema: the run in {workdir} keeps no weight '
                      'EMA (its config.optim.ema_decay is 0); use '
                      '--weights=raw')
+  if tta is None:
+    tta = config.eval.get('tta', 'none')  # absent in runs from before it
+  tta_lib.check(tta, '--tta')
   directory, step = best_checkpoint.find_checkpoint(workdir, checkpoint)
   if need_data:
     builder = data_prep.prepare(
@@ -119,39 +127,47 @@ def load(workdir: str, checkpoint: str = 'last', *,
   state = ema.select(steps.state_from_checkpoint(
       state, best_checkpoint.restore_state(
           directory, step, steps.state_to_checkpoint(state))), weights)
-  replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  eval_step = jax.jit(steps.eval_step, in_shardings=(replicated, data),
-                      out_shardings=replicated)
   return TrainedRun(config=config, builder=builder, class_names=class_names,
                     model=model, pre=pre, mesh=mesh, state=state, step=step,
-                    checkpoint=checkpoint, eval_step=eval_step,
+                    checkpoint=checkpoint,
+                    eval_step=evaluation.jit_eval_step(mesh, tta), tta=tta,
                     weights=weights)
 
 
-def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
-                 weights: str | None = None) -> tuple[str, dict]:
-  """Evaluates; returns the output directory and the metrics.
-
-  The output directory is <split>_<checkpoint>, with `_<weights>` added
-  where they are not those the run reports (as the trainer names them).
-  """
-  run = load(workdir, checkpoint, weights=weights)
-  if split not in run.builder.info.splits:
-    raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
-                     f'splits {sorted(run.builder.info.splits)}')
-  predictions = evaluation.predict_split(
+def _predict_split(run: TrainedRun, split: str):
+  return evaluation.predict_split(
       run.eval_step, run.state, run.builder.as_data_source(split),
       pre=run.pre, global_batch_size=run.config.input.eval_batch_size,
       mesh=run.mesh, metadata=evaluation.read_metadata(run.builder, split),
-      num_workers=run.config.input.num_workers)
+      num_workers=run.config.input.num_workers, tta=run.tta)
+
+
+def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
+                 weights: str | None = None,
+                 tta: str | None = None) -> tuple[str, dict]:
+  """Evaluates, calibrated on the run's validation split if it has one;
+  returns the output directory and the metrics.
+
+  The output directory is evaluation.output_name's, with `_<weights>` after
+  the checkpoint where they are not those the run reports (as the trainer
+  names them).
+  """
+  run = load(workdir, checkpoint, weights=weights, tta=tta)
+  if split not in run.builder.info.splits:
+    raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
+                     f'splits {sorted(run.builder.info.splits)}')
+  predictions = evaluation.predict_calibrated(
+      functools.partial(_predict_split, run), split,
+      evaluation.validation_split(run.config, run.builder.info.splits))
   metrics = dict(step=run.step, split=split, model=checkpoint,
                  weights=run.weights,
                  **evaluation.report(predictions, run.class_names,
                                      run.config.eval))
-  name = f'{split}_{checkpoint}'
+  model = checkpoint
   if run.weights != ema.default_weights(run.config):
-    name += f'_{run.weights}'
-  outdir = checkpointing.absolute_path(workdir) / 'eval' / name
+    model += f'_{run.weights}'
+  outdir = checkpointing.absolute_path(workdir) / 'eval' / (
+      evaluation.output_name(split, model, run.tta))
   weights_note = (f', {run.weights} weights' if run.state.ema is not None
                   else '')
   evaluation.write_outputs(

@@ -46,7 +46,8 @@ def _read_csv(path):
 @pytest.fixture(scope='module')
 def demo_run(tmp_path_factory):
   """3 epochs of 4 steps on 64 training images; 100 validation images
-  scored each epoch; test (800) in batches of 48, the last one padded."""
+  scored each epoch; test (800) in batches of 48, the last one padded; the
+  final report with flip TTA."""
   config = demo.get_config()
   config.dataset.data_dir = str(tmp_path_factory.mktemp('tfds'))
   config.dataset.train_split = 'train[:64]'
@@ -58,6 +59,7 @@ def demo_run(tmp_path_factory):
   config.input.eval_batch_size = 48
   config.optim.learning_rate = 0.2
   config.method = 'base'  # compiles faster; evaluation is method-blind
+  config.eval.tta = 'flips'
   config.lock()
   workdir = str(tmp_path_factory.mktemp('demo_run'))
   report = train.train_and_evaluate(config, workdir)
@@ -89,17 +91,46 @@ def test_evaluate_reproduces_the_runs_final_metrics(demo_run):
   workdir, report = demo_run
   final = json.load(open(os.path.join(workdir, 'final_metrics.json')))
   for checkpoint, expected in (('last', final), ('best', final['best'])):
+    # With the run's config.eval.tta, as the trainer.
     outdir, metrics = trained_run.evaluate_run(workdir, 'test', checkpoint)
-    assert outdir == os.path.join(workdir, 'eval', f'test_{checkpoint}')
+    assert outdir == os.path.join(workdir, 'eval', f'test_{checkpoint}_flips')
     for key in report:
       assert metrics[key] == expected[key], (checkpoint, key)
     assert metrics['step'] == expected['step']
     rows = _read_csv(os.path.join(outdir, 'predictions.csv'))
     assert len(rows) == 800
-    assert list(rows[0]) == ['id', 'label', 'prediction', 'round', 'ringed',
-                             'oval', 'speckled']
-    for name in ('confusion_matrix.png', 'roc_curves.png'):
+    names = ['round', 'ringed', 'oval', 'speckled']
+    assert list(rows[0]) == ['id', 'label', 'prediction'] + names + [
+        f'calibrated_{n}' for n in names]
+    for name in ('confusion_matrix.png', 'roc_curves.png',
+                 'reliability_diagram.png'):
       assert os.path.getsize(os.path.join(outdir, name)) > 0
+    # Temperature scaling of the written probabilities, in numpy.
+    assert metrics['calibration'].startswith(
+        f"temperature fitted on '{VALIDATION}' (100 images)")
+    probabilities = np.array([[float(r[n]) for n in names] for r in rows])
+    scaled = np.exp(np.log(probabilities) / metrics['temperature'])
+    np.testing.assert_allclose(
+        [[float(r[f'calibrated_{n}']) for n in names] for r in rows],
+        scaled / scaled.sum(1, keepdims=True), atol=1e-5)
+
+
+def test_evaluate_without_tta_on_its_own_folder(demo_run):
+  workdir, _ = demo_run
+  final = json.load(open(os.path.join(workdir, 'final_metrics.json')))
+  outdir, metrics = trained_run.evaluate_run(workdir, 'test', 'last',
+                                             tta='none')
+  assert outdir == os.path.join(workdir, 'eval', 'test_last')
+  assert metrics['tta'] == 'none' and final['tta'] == 'flips'
+  for key in ('ece', 'ece_calibrated', 'brier', 'temperature'):
+    assert metrics[key] != final[key], key
+  plain = _read_csv(os.path.join(outdir, 'predictions.csv'))
+  rows = _read_csv(os.path.join(workdir, 'eval_by_trainer', 'test_last_flips',
+                                'predictions.csv'))
+  assert len(rows) == len(plain) == 800
+  # The test images are not flip-symmetric: the probabilities move.
+  assert any(abs(float(a['oval']) - float(b['oval'])) > 1e-3
+             for a, b in zip(rows, plain))
 
 
 def test_predict_on_pngs_gives_the_probabilities_of_evaluate(demo_run,
@@ -133,8 +164,9 @@ def test_predict_on_pngs_gives_the_probabilities_of_evaluate(demo_run,
   rows = _read_csv(out)
   assert [os.path.basename(r['file']) for r in rows] == [
       f'img{i}.png' for i in range(6)]
-  evaluated = _read_csv(os.path.join(workdir, 'eval_by_trainer', 'test_last',
-                                     'predictions.csv'))
+  # Both with the run's flip TTA.
+  evaluated = _read_csv(os.path.join(workdir, 'eval_by_trainer',
+                                     'test_last_flips', 'predictions.csv'))
   for i, row in enumerate(rows):
     assert row['prediction'] == evaluated[i]['prediction']
     np.testing.assert_allclose(

@@ -50,6 +50,27 @@ def test_mean_sample_sd_and_paired_difference():
       f'[{0.075 - half:+.4f}, {0.075 + half:+.4f}]', '0.205',
       f"{f1['minus_base']['detectable']:.4f}",
       'interval contains 0: no difference shown']
+  assert 'ece' not in summary['base'] and 'ece' not in table
+
+
+def test_calibration_columns_where_every_seed_has_them():
+  results = {
+      'base': {0: dict(macro_f1=0.5, accuracy=0.6, ece=0.10, brier=0.5),
+               1: dict(macro_f1=0.7, accuracy=0.8, ece=0.20, brier=0.4)},
+      'danil': {0: dict(macro_f1=0.5, accuracy=0.6, ece=0.05, brier=0.6,
+                        ece_calibrated=0.02),
+                1: dict(macro_f1=0.7, accuracy=0.8, ece=0.35, brier=0.3)},
+  }
+  summary = comparison.summarize(results)
+  assert summary['danil']['ece']['mean'] == pytest.approx(0.2)
+  # Paired differences -0.05 and +0.15.
+  assert summary['danil']['ece']['minus_base']['mean'] == pytest.approx(0.05)
+  assert summary['danil']['ece']['minus_base']['sd'] == pytest.approx(
+      np.sqrt(2 * 0.1 ** 2))
+  assert 'ece_calibrated' not in summary['danil']  # one seed lacks it
+  table = comparison.format_summary(summary)
+  assert '0.2000 +- 0.2121 (+0.0500 +- 0.1414)' in table
+  assert 'ece_calibrated' not in table and 'brier' in table
 
 
 def test_command_trains_each_seed_and_summarises_their_final_metrics(

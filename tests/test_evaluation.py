@@ -83,6 +83,7 @@ def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):
   np.testing.assert_array_equal(predictions.labels, labels)
   np.testing.assert_allclose(predictions.probabilities, np.exp(log_p),
                              atol=2e-6)
+  np.testing.assert_allclose(predictions.log_probabilities, log_p, atol=2e-5)
   np.testing.assert_array_equal(predictions.metadata['index'], np.arange(50))
   np.testing.assert_array_equal(predictions.ids, np.arange(50))
 
@@ -93,6 +94,9 @@ def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):
       -np.mean(log_p[np.arange(50), labels]), rel=1e-5)
   assert report['accuracy'] == pytest.approx(
       np.mean(reference_predictions == labels))
+  assert report['brier'] == pytest.approx(
+      np.mean(np.sum((np.exp(log_p) - np.eye(4)[labels]) ** 2, 1)), abs=1e-5)
+  assert report['tta'] == 'none' and 'temperature' not in report
   assert report['macro_f1'] == pytest.approx(
       skm.f1_score(labels, reference_predictions, average='macro'))
   precision, recall, f1, _ = skm.precision_recall_fscore_support(

@@ -394,3 +394,23 @@ def test_headline_metrics_from_a_config_key_and_labelled_final_metrics(
               f)
   assert paper.final_metrics(run) == dict(macro_f1=0.5, accuracy=0.75,
                                           patient_auroc=0.625)
+
+
+def test_collect_tabulates_the_calibration_metrics_runs_have(tmp_path):
+  from danil_jax import paper
+  runs = paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
+                         backbones=['small_resnet'], methods=['base'],
+                         seeds=[0, 1], pretrained_root='', config_overrides={})
+  for run, ece in zip(runs, (0.10, 0.20)):
+    os.makedirs(run.workdir)
+    with open(os.path.join(run.workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(dict(macro_f1=0.5, accuracy=0.75, ece=ece, brier=0.3,
+                     calibration='not calibrated: no validation split'), f)
+  tables = paper.collect(runs, [0, 1])
+  # No patient_auroc (the config's headline) nor ece_calibrated: no table.
+  assert [t['title'] for t in tables['headline']] == [
+      'Calibration: ece (lower is better)',
+      'Calibration: brier (lower is better)']
+  text = paper_tables.to_markdown(tables)
+  assert '### Calibration: ece (lower is better)' in text
+  assert '| CRC-MSI | Base | 0.1500 ± 0.0707 |' in text
