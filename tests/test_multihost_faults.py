@@ -24,13 +24,14 @@ from tests.test_multihost import (JOB_TIMEOUT_S, STEPS, assert_same_run,
                                   start)
 
 _DRIVER = r'''
-import os, sys, time
+import os, signal, sys, time
 import numpy as np
 from absl import app
-from danil_jax import faults, main, sharding
+from danil_jax import faults, main, sharding, train_loop
 
 delay = float(sys.argv.pop(1))  # seconds of sleep after each step
 poison = sys.argv.pop(1)  # 'PROCESS:STEP,STEP' or ''
+before = sys.argv.pop(1)  # 'PROCESS:SIGNAL' or ''
 original_add = faults.NonFiniteMonitor.add
 
 def add(self, step, metrics):
@@ -39,6 +40,20 @@ def add(self, step, metrics):
   time.sleep(delay)
 
 faults.NonFiniteMonitor.add = add
+if before:
+  # A signal to one process before any step: every process then waits, so
+  # the notice reaches them all before their first sync-point check.
+  signalled, name = before.split(':')
+  original_run = train_loop.TrainingLoop.run
+
+  def run(self, *args):
+    import jax
+    if jax.process_index() == int(signalled):
+      os.kill(os.getpid(), getattr(signal, name))
+    time.sleep(3)
+    return original_run(self, *args)
+
+  train_loop.TrainingLoop.run = run
 if poison:
   process, steps = poison.split(':')
   steps = {int(s) for s in steps.split(',')}
@@ -60,11 +75,11 @@ if __name__ == '__main__':
 
 
 def start_job(tmp_path, workdir, data_dir, name, *overrides, processes=2,
-              devices=1, step_delay_s=0.0, poison=''):
+              devices=1, step_delay_s=0.0, poison='', before=''):
   """The processes of a job, each logging to tmp_path/<name>_<i>.log."""
   driver = tmp_path / 'driver.py'
   driver.write_text(_DRIVER)
-  argv = [sys.executable, str(driver), str(step_delay_s), poison,
+  argv = [sys.executable, str(driver), str(step_delay_s), poison, before,
           *command(workdir, data_dir, *overrides)[3:]]
   port = portpicker.pick_unused_port()
   return [start(argv, tmp_path / f'{name}_{p}.log', devices=devices,
@@ -154,18 +169,18 @@ def test_signals_apart_and_to_one_host_stop_all_at_one_step_with_75(
     tmp_path, data_dir, reference, preempted):
   work, first_stop = preempted
   work = shutil.copytree(work, tmp_path / 'work')
-  # SIGINT (Ctrl-C) to process 1 alone.
-  job = start_job(tmp_path, work, data_dir, 'int', step_delay_s=SLOW)
-  wait_for_step(tmp_path / 'int_1.log', first_stop + 1, job)
-  job[1].send_signal(signal.SIGINT)
+  # SIGINT (Ctrl-C) to process 1 alone, before the resumed run's first
+  # step: the notice comes before any sync-point check.
+  job = start_job(tmp_path, work, data_dir, 'int', before='1:SIGINT')
   codes = finish(job)
   job_logs = logs(tmp_path, 'int')
   assert codes == [75, 75], [log[-3000:] for log in job_logs]
   assert f'Resuming from step {first_stop}' in job_logs[0]
   assert 'SIGINT received' in job_logs[1]
-  steps = stop_step(job_logs)
-  assert len(set(steps)) == 1 and first_stop < steps[0] < STEPS, steps
-  assert checkpoint_steps(work)[-1] == steps[0]
+  assert stop_step(job_logs) == [first_stop] * 3
+  for log in job_logs:
+    assert not finished_steps(log)
+  assert checkpoint_steps(work)[-1] == first_stop
   # Rerun to the end: the uninterrupted run's parameters and metrics.
   job = start_job(tmp_path, work, data_dir, 'rest')
   assert finish(job) == [0, 0], logs(tmp_path, 'rest')[0][-3000:]
