@@ -142,8 +142,8 @@ def get_config() -> ml_collections.ConfigDict:
   # result (method, data, batch size, optimiser, seed, ...) is refused
   # unless this is True (danil_jax/run_config.py).
   config.faults.allow_config_change = False
-  # With several processes, how often (in steps) they agree whether any got
-  # SIGTERM/SIGINT; each agreement is a small all-gather. One process checks
-  # every step at no cost.
+  # Unused: several processes agree on the step to stop at through JAX's
+  # preemption sync point, which costs nothing per step. Kept so that command
+  # lines and pinned configs that set it still run.
   config.faults.preemption_sync_every_steps = 10
   return config

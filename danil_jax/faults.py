@@ -2,12 +2,20 @@
 
 Preemption: SLURM, Kubernetes and TPU maintenance send SIGTERM (an
 interactive user SIGINT) some time before killing a job. `PreemptionGuard`
-turns the first such signal into a flag; the training loop finishes the
-current step, all processes agree on the step to stop at, write a checkpoint
-there and leave with `Preempted` (exit status `EXIT_PREEMPTED`). A second
-signal ends the process at once: orbax writes every checkpoint into a
-temporary directory and renames it when complete, so a save cut short never
+turns the first such signal into a stop: the training loop finishes the
+current step, every process stops after the same step, writes its part of a
+checkpoint there and leaves with `Preempted` (exit status `EXIT_PREEMPTED`).
+A second signal ends the process at once: orbax writes every checkpoint into
+a temporary directory and renames it when complete, so a save cut short never
 becomes the latest checkpoint.
+
+With several processes the step is JAX's preemption sync point
+(`multihost_utils.reached_preemption_sync_point`): JAX's own SIGTERM notifier
+posts the notice to the coordination service, every process reports how far
+it got, and all stop at the step after the furthest one, whichever process
+got the signal and however far apart the signals came. SIGINT reaches that
+notifier as a SIGTERM; a second SIGTERM is JAX's to ignore, so on several
+processes only a second SIGINT (or SIGKILL) cuts the save short.
 
 Non-finite steps: `steps.train_step` never applies an update whose loss,
 gradient norm or result is NaN/Inf and says so in its `nonfinite` metric;
@@ -22,6 +30,7 @@ a bad config value); -9/137 or -15/143 killed without a checkpoint (the
 rerun resumes from the last one).
 """
 
+import itertools
 import os
 import signal
 import sys
@@ -62,23 +71,32 @@ class NonFiniteError(FloatingPointError):
 class PreemptionGuard:
   """Context manager: SIGTERM/SIGINT request a clean stop; a second one kills.
 
-  `should_stop(step)` is True on every process at the same step once any
-  process got a signal. With several processes it all-gathers the local
-  flags every `sync_every_steps` steps (and where `force_sync`), so every
-  process must call it at the same steps.
+  `should_stop(step)` is True on every process after the same step once any
+  process got a signal. With several processes every process must call it at
+  the same points of the program (the training loop does, before each step
+  and after each epoch): JAX's sync point counts the calls.
   """
 
-  def __init__(self, sync_every_steps: int = 1):
-    self.sync_every_steps = max(1, int(sync_every_steps))
+  def __init__(self):
     self.received = None  # name of the first signal
     self._previous = {}
+    self._jax_sync = False
 
   def __enter__(self):
+    if jax.process_count() > 1 and not _jax_preemption_service():
+      # No agreement on a step: one host saving alone would wait for ever.
+      logging.warning('JAX\'s preemption service is off (jax_enable_'
+                      'preemption_service): SIGTERM/SIGINT end the run '
+                      'without a checkpoint')
+      return self
+    self._jax_sync = jax.process_count() > 1
     if threading.current_thread() is not threading.main_thread():
       logging.warning('not in the main thread: SIGTERM/SIGINT will not save '
                       'a checkpoint before the run ends')
       return self
-    for signum in _SIGNALS:
+    # With several processes SIGTERM stays with JAX's notifier (installed by
+    # jax.distributed.initialize), which starts the sync protocol.
+    for signum in (signal.SIGINT,) if self._jax_sync else _SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
@@ -103,16 +121,31 @@ class PreemptionGuard:
     os.write(2, f'\n{name} received: finishing this step and saving a '
              f'checkpoint, then exiting with status {EXIT_PREEMPTED}. Send it '
              'again to exit at once without saving.\n'.encode())
+    if self._jax_sync:
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's notifier hears SIGTERM
 
-  def should_stop(self, step: int, *, force_sync: bool = False) -> bool:
-    local = self.received is not None
-    if jax.process_count() == 1:
-      return local
-    if not force_sync and step % self.sync_every_steps:
-      return False
+  def should_stop(self, step: int) -> bool:
+    """True once this step is where every process stops (see the class)."""
+    if not self._jax_sync:
+      return self.received is not None
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.int32(local))
-    return bool(np.any(flags))
+    # A count of the calls in this process, not `step`: a notice that comes
+    # before the loop (or between the runs of danil_jax.compare) is synced
+    # at the count reached so far, which the next call then meets; a resumed
+    # run's step would already be past it.
+    stop = multihost_utils.reached_preemption_sync_point(next(_sync_calls))
+    if stop:
+      logging.warning('preemption sync point: stopping after step %d', step)
+    return stop
+
+
+# Every process makes the same sequence of should_stop calls.
+_sync_calls = itertools.count(1)
+
+
+def _jax_preemption_service() -> bool:
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.preemption_sync_manager is not None
 
 
 class NonFiniteMonitor:

@@ -120,16 +120,21 @@ def _error_message(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def end_every_host():
-  """An exception in the block ends every host with its message, non-zero.
+  """An exception in the block ends every host with its message, status 1.
 
-  In a one-process run the exception simply propagates.
+  In a one-process run the exception simply propagates, as does
+  faults.Preempted (status faults.EXIT_PREEMPTED) everywhere.
   """
+  from danil_jax import faults  # pylint: disable=g-import-not-at-top
   try:
     yield
   except BaseException as e:  # pylint: disable=broad-except
-    if _watcher is None or (isinstance(e, SystemExit)
-                            and e.code in (None, 0)):
-      raise  # one process, or a clean exit
+    if _watcher is None or isinstance(e, faults.Preempted) or (
+        isinstance(e, SystemExit) and e.code in (None, 0)):
+      # One process, a clean exit, or a preemption: every process stops
+      # after the same step (faults.PreemptionGuard) and leaves with the
+      # same status through jax's exit handlers, ending no other host.
+      raise
     message = (f'process {jax.process_index()} of {jax.process_count()} '
                f'failed: {_error_message(e)}')
     post_error(message)

@@ -44,8 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   saving a checkpoint when SIGTERM/SIGINT arrives, and faults.NonFiniteError
   per config.faults.max_nonfinite_in_a_row.
   """
-  with faults.PreemptionGuard(
-      config.faults.preemption_sync_every_steps) as preemption:
+  with faults.PreemptionGuard() as preemption:
     return _train_and_evaluate(config, workdir, preemption)
 
 

@@ -114,7 +114,7 @@ class TrainingLoop:
                                         records)
         last_epoch = self._end_epoch(state, step)
         if step < dataset.total_steps:
-          self._stop_if_preempted(state, step, force_sync=True)
+          self._stop_if_preempted(state, step)
     finally:
       # A save still being written when an error ends the loop (a NaN right
       # after a checkpoint) is finished, not lost.
@@ -176,9 +176,9 @@ class TrainingLoop:
     checkpointing.save(outputs.manager, step, steps.state_to_checkpoint(state))
     return context.Scored(step, predictions, report)
 
-  def _stop_if_preempted(self, state, step: int, force_sync: bool = False):
+  def _stop_if_preempted(self, state, step: int):
     """On SIGTERM/SIGINT (any process): checkpoint at `step` and exit."""
-    if not self._preemption.should_stop(step, force_sync=force_sync):
+    if not self._preemption.should_stop(step):
       return
     manager = self._outputs.manager
     self._nonfinite.check()
