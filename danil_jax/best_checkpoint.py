@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from danil_jax import checkpointing
 from danil_jax import metrics as metrics_lib
+from danil_jax import multihost
 
 BEST_DIR = 'checkpoints_best'
 LATEST_DIR = 'checkpoints'
@@ -45,7 +46,15 @@ def best_so_far(manager: ocp.CheckpointManager):
 def maybe_save(manager: ocp.CheckpointManager, metric: str, step: int,
                state_tree, value) -> bool:
   """Saves `state_tree` as the best checkpoint if `value` beats the kept
-  one (None, an undefined metric, never does unless nothing is kept)."""
+  one (None, an undefined metric, never does unless nothing is kept).
+
+  With several hosts the decision is taken on process 0's `value`: every
+  host computes the metric from the same replicated predictions, but a host
+  whose floating point differs in the last bit (another CPU, another BLAS)
+  would otherwise skip a save the others enter, and hang them.
+  """
+  value = multihost.chiefs_value('best_checkpoint',
+                                 None if value is None else float(value))
   best_step, best_value = best_so_far(manager)
   sign = -1.0 if _mode(metric) == 'min' else 1.0
   better = best_step is None or metrics_lib.is_better(

@@ -2,21 +2,28 @@
 
 python -m danil_jax.evaluate --workdir=DIR [--split=test]
     [--checkpoint=best|last|STEP]
+    [--config.distributed=True [--config.distributed_init.*]]
 
 writes DIR/eval/<split>_<checkpoint>/: metrics.json (every metric of
 metrics.py, the data set's own included), predictions.csv (id, label,
 prediction, metadata, one probability column per class) and
 confusion_matrix.png, roc_curves.png.
+
+On a pod or cluster every host runs it with --config.distributed=True, as
+for danil_jax.main (join_flags.py): each scores its slice, process 0 writes.
 """
 
 from absl import app
 from absl import flags
+
+from danil_jax import join_flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split to score.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'last', "'best' (by the validation metric), 'last' or a "
     'step number.')
+_JOIN = join_flags.define()
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -24,7 +31,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
-  with trained_run.command_errors_exit():
+  with trained_run.command_errors_exit(_JOIN.value):
     trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
 
 
