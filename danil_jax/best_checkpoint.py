@@ -38,6 +38,9 @@ def make_manager(workdir: str, metric: str, *,
 
 def best_so_far(manager: ocp.CheckpointManager):
   """(step, value) of the kept checkpoint, or (None, None)."""
+  # Orbax reads the value from disk, where a save still in flight has not
+  # put it yet: it would read None, which any value beats.
+  manager.wait_until_finished()
   step = manager.best_step()
   if step is None:
     return None, None
@@ -48,19 +51,21 @@ def maybe_save(manager: ocp.CheckpointManager, metric: str, step: int,
   """Saves `state_tree` as the best checkpoint if `value` beats the kept
   one (None, an undefined metric, never does unless nothing is kept).
 
-  With several hosts the decision is taken on process 0's `value`: every
-  host computes the metric from the same replicated predictions, but a host
-  whose floating point differs in the last bit (another CPU, another BLAS)
-  would otherwise skip a save the others enter, and hang them.
+  With several hosts every host takes process 0's decision, with its
+  `value`: each computes the metric from the same replicated predictions,
+  but a host whose floating point differs in the last bit (another CPU,
+  another BLAS), or that reads the kept value before process 0 has written
+  it, would otherwise save alone, and hang in orbax's save.
   """
-  value = multihost.chiefs_value('best_checkpoint',
-                                 None if value is None else float(value))
+  value = None if value is None else float(value)
   best_step, best_value = best_so_far(manager)
   sign = -1.0 if _mode(metric) == 'min' else 1.0
   better = best_step is None or metrics_lib.is_better(
       None if value is None else sign * value,
       None if best_value is None else sign * best_value)
-  if better and step != best_step:
+  value, better, save = multihost.chiefs_value(
+      'best_checkpoint', [value, better, better and step != best_step])
+  if save:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_tree)),
                  metrics={'value': value}, force=True)

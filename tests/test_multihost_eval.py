@@ -57,8 +57,8 @@ def _start_job(argv, tmp_path, name, *, processes, devices):
           for p in range(processes)]
 
 
-def _finish(processes, tmp_path, name):
-  codes = jobs.finish(processes)
+def _finish(processes, tmp_path, name, timeout=jobs.JOB_TIMEOUT_S):
+  codes = jobs.finish(processes, timeout)
   logs = [jobs.read_log(tmp_path / f'{name}_{p}.log')
           for p in range(len(processes))]
   assert codes == [0] * len(processes), '\n'.join(l[-3000:] for l in logs)
@@ -133,6 +133,64 @@ def test_validation_and_best_checkpoint_on_two_processes(trained):
                                err_msg=name)
 
 
+BEST = '''
+import sys
+import jax, ml_collections, numpy as np
+from danil_jax import best_checkpoint, multihost, sharding
+multihost.initialize(ml_collections.ConfigDict(dict(
+    coordinator_address=sys.argv[1], num_processes=2,
+    process_id=int(sys.argv[2]))))
+state = sharding.replicate({'w': np.arange(4.0)}, sharding.make_mesh())
+manager = best_checkpoint.make_manager(sys.argv[3], 'accuracy')
+# At step 2 process 1's accuracy is a hair above process 0's (another CPU's
+# rounding): a tie on process 0, better on process 1.
+me = jax.process_index()
+for step, value in ((1, 0.5), (2, 0.5 + 1e-12 * me), (3, 0.25)):
+  better = best_checkpoint.maybe_save(manager, 'accuracy', step, state, value)
+  print(f'step {step} better {better}', flush=True)
+manager.wait_until_finished()
+print('kept', best_checkpoint.best_so_far(manager), flush=True)
+manager.close()
+'''
+
+
+def _script(source, tmp_path, name, *args, devices=1,
+            timeout=jobs.JOB_TIMEOUT_S):
+  """`source` as 2 processes joined on a free port; returns both logs."""
+  address = f'localhost:{portpicker.pick_unused_port()}'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=jobs.REPO,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  processes = [subprocess.Popen(
+      [sys.executable, '-c', source, address, str(p), *map(str, args)],
+      cwd=jobs.REPO, env=env, stdout=open(tmp_path / f'{name}_{p}.log', 'w'),
+      stderr=subprocess.STDOUT) for p in range(2)]
+  return _finish(processes, tmp_path, name, timeout)
+
+
+def test_a_tie_while_the_last_save_is_in_flight_keeps_the_first(tmp_path):
+  """One process: orbax writes a save's value asynchronously; read before,
+  it was None, which any value beat."""
+  from danil_jax import best_checkpoint, sharding  # pylint: disable=g-import-not-at-top
+  state = sharding.replicate({'w': np.arange(4.0)}, sharding.make_mesh())
+  manager = best_checkpoint.make_manager(tmp_path, 'loss')
+  decisions = [best_checkpoint.maybe_save(manager, 'loss', step, state, value)
+               for step, value in ((1, 0.5), (2, 0.5), (3, 0.75), (4, 0.25))]
+  assert decisions == [True, False, False, True]
+  assert best_checkpoint.best_so_far(manager) == (4, 0.25)
+  manager.close()
+
+
+def test_hosts_whose_metrics_differ_keep_the_same_best_checkpoint(tmp_path):
+  """The decision is process 0's: no host saves alone (which would hang it
+  in orbax's save), none keeps another best."""
+  # Without the agreement process 1 waits in its save until killed.
+  logs = _script(BEST, tmp_path, 'best', tmp_path, timeout=120)
+  for log in logs:
+    assert ('step 1 better True\nstep 2 better False\nstep 3 better False\n'
+            'kept (1, 0.5)') in log, log[-3000:]
+  assert os.listdir(tmp_path / 'checkpoints_best') == ['1']
+
+
 # ------------------------------------------- misclassified_only, map_dtype
 
 
@@ -198,16 +256,8 @@ if multihost.is_chief():
 
 def test_misclassified_only_on_two_processes_equals_one_device(tmp_path):
   """2 processes x 2 devices against this process's one device."""
-  address = f'localhost:{portpicker.pick_unused_port()}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=jobs.REPO,
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
   out = tmp_path / 'steps.npz'
-  processes = [subprocess.Popen(
-      [sys.executable, '-c', MODE_STEPS, address, str(p), str(out)],
-      cwd=jobs.REPO, env=env, stdout=open(tmp_path / f'steps_{p}.log', 'w'),
-      stderr=subprocess.STDOUT) for p in range(2)]
-  codes = jobs.finish(processes)
-  assert codes == [0, 0], jobs.read_log(tmp_path / 'steps_0.log')[-3000:]
+  _script(MODE_STEPS, tmp_path, 'steps', out, devices=2)
   got = dict(np.load(out))
   want = mode_steps(jax.sharding.Mesh(jax.devices()[:1], ('data',)))
   assert got.keys() == want.keys()
@@ -230,6 +280,12 @@ def one_host(trained):
   single = trained['tmp'] / 'one_host'
   shutil.copytree(trained['pod'], single)
   return single
+
+
+@pytest.fixture(scope='module')
+def one_host_run(one_host):
+  """Its best model, loaded in this process (one device)."""
+  return trained_run.load(str(one_host), 'best')
 
 
 def _command(trained, module, *flags):
@@ -261,11 +317,11 @@ def test_evaluate_on_two_processes(trained, one_host):
   _assert_same_metrics(single, got, rtol=1e-5)
 
 
-def test_predict_on_two_processes(trained, one_host):
+def test_predict_on_two_processes(trained, one_host_run):
   tmp = trained['tmp']
   images = tmp / 'images'
   images.mkdir()
-  run = trained_run.load(str(one_host), 'best')
+  run = one_host_run
   source = run.builder.as_data_source('test')
   # 30 files and a broken one (sorted last): process 0 reads the first 24
   # of the batch of 48, process 1 the rest, the broken file included.
@@ -297,14 +353,13 @@ def test_predict_on_two_processes(trained, one_host):
                                atol=1e-5)
 
 
-def test_response_maps_on_two_processes(trained, one_host):
+def test_response_maps_on_two_processes(trained, one_host_run):
   out = trained['tmp'] / 'maps.png'
   logs = _command(trained, 'response_maps', '--num=3', f'--out={out}')
   assert 'wrote' in logs[0] and 'wrote' not in logs[1]
   assert out.stat().st_size > 0
   got = np.load(trained['tmp'] / 'maps.npz')
-  want = trained_run.compute_maps(trained_run.load(str(one_host), 'best'),
-                                  'test', 3)
+  want = trained_run.compute_maps(one_host_run, 'test', 3)
   assert sorted(got.files) == sorted(want)
   assert list(got['indices']) == [0, 400, 799]
   for key in ('indices', 'labels', 'images', 'y_minus', 'prediction'):
