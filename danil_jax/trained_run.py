@@ -48,11 +48,6 @@ from danil_jax import sharding
 from danil_jax import steps
 
 
-# How long the other hosts wait for process 0 to build a missing data set
-# (config.distributed_init.data_build_timeout_s of a training run).
-_DATA_BUILD_TIMEOUT_S = 6 * 3600
-
-
 @dataclasses.dataclass
 class TrainedRun:
   config: ml_collections.ConfigDict
@@ -73,9 +68,10 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     raise ValueError(f'{path} does not exist: is {workdir} a run directory '
                      '(python -m danil_jax.main --workdir=...)?')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  if 'eval' not in config:  # a run from before config.eval existed
-    from configs import default  # pylint: disable=g-import-not-at-top
-    config.eval = default.get_config().eval
+  from configs import default  # pylint: disable=g-import-not-at-top
+  for key in ('eval', 'distributed_init'):  # a run from before they existed
+    if key not in config:
+      config[key] = default.get_config()[key]
   return config
 
 
@@ -94,7 +90,8 @@ def load(workdir: str, checkpoint: str = 'last', *,
       'checkpoint', best_checkpoint.find_checkpoint(workdir, checkpoint))
   if need_data:
     # As in training: process 0 builds a missing data set, the others wait.
-    with multihost.chief_first('dataset', _DATA_BUILD_TIMEOUT_S):
+    with multihost.chief_first(
+        'dataset', config.distributed_init.data_build_timeout_s):
       builder = data_prep.prepare(
           config.dataset.name, data_dir=config.dataset.data_dir,
           manual_dir=config.dataset.manual_dir or None,
