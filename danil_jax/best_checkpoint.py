@@ -32,15 +32,16 @@ def make_manager(workdir: str, metric: str, *,
       checkpointing.absolute_path(workdir) / BEST_DIR,
       options=ocp.CheckpointManagerOptions(
           max_to_keep=1, create=not read_only, read_only=read_only,
+          # Synchronous: orbax reads a save's value back from disk, where an
+          # asynchronous save still in flight has not put it yet (None, which
+          # any value beat). One save per improving epoch at most.
+          enable_async_checkpointing=False,
           best_fn=lambda m: worst if m['value'] is None else m['value'],
           best_mode=_mode(metric)),
       item_handlers=dict(state=ocp.StandardCheckpointHandler()))
 
 def best_so_far(manager: ocp.CheckpointManager):
   """(step, value) of the kept checkpoint, or (None, None)."""
-  # Orbax reads the value from disk, where a save still in flight has not
-  # put it yet: it would read None, which any value beats.
-  manager.wait_until_finished()
   step = manager.best_step()
   if step is None:
     return None, None

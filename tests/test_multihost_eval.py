@@ -1,13 +1,15 @@
 """The rest of a pod job's life on two processes equals one process.
 
-One demo job on 2 processes x 2 devices (gloo on CPU), with a validation
-slice scored every epoch and DANIL in the misclassified_only mode with
-float32 maps of a bfloat16 model, against the same job on 1 process x 4
-devices (the same computation: equal to float rounding) and on 1 process x
-1 device. Then evaluate, predict and response_maps run as 2-process commands
-on the pod job's workdir, against the same commands in this one process.
-The demo data is built once, here, and every job shares the session's XLA
-cache (conftest.py).
+A demo job with a validation slice scored every epoch (the best checkpoint
+kept by accuracy) on 2 processes x 1 device (gloo on CPU), against the same
+job on 1 process x 2 devices: the same computation, equal to float
+rounding. evaluate, predict and response_maps then run as 2-process x
+2-device commands on that workdir, against the training job's own outputs
+and the same commands in this process (one device). Two small scripts on 2
+processes check that hosts whose metrics differ keep process 0's best
+checkpoint, and that a misclassified_only step with float32 maps equals one
+device. The demo data is built once, here, and every job shares the
+session's XLA cache (conftest.py).
 """
 
 import csv
@@ -168,8 +170,8 @@ def _script(source, tmp_path, name, *args, devices=1,
 
 
 def test_a_tie_while_the_last_save_is_in_flight_keeps_the_first(tmp_path):
-  """One process: orbax writes a save's value asynchronously; read before,
-  it was None, which any value beat."""
+  """One process: with asynchronous saves orbax read the kept value back
+  before it was written (None, which any value beat)."""
   from danil_jax import best_checkpoint, sharding  # pylint: disable=g-import-not-at-top
   state = sharding.replicate({'w': np.arange(4.0)}, sharding.make_mesh())
   manager = best_checkpoint.make_manager(tmp_path, 'loss')
