@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 
 from danil_jax import checkpointing
 from danil_jax import metrics as metrics_lib
+from danil_jax import multihost
 
 BEST_DIR = 'checkpoints_best'
 LATEST_DIR = 'checkpoints'
@@ -30,6 +31,10 @@ def make_manager(workdir: str, metric: str, *,
       checkpointing.absolute_path(workdir) / BEST_DIR,
       options=ocp.CheckpointManagerOptions(
           max_to_keep=1, create=not read_only, read_only=read_only,
+          # Synchronous: orbax reads a save's value back from disk, where an
+          # asynchronous save still in flight has not put it yet (None, which
+          # any value beat). One save per improving epoch at most.
+          enable_async_checkpointing=False,
           best_fn=lambda m: worst if m['value'] is None else m['value'],
           best_mode=_mode(metric)),
       item_handlers=dict(state=ocp.StandardCheckpointHandler()))
@@ -44,13 +49,23 @@ def best_so_far(manager: ocp.CheckpointManager):
 def maybe_save(manager: ocp.CheckpointManager, metric: str, step: int,
                state_tree, value) -> bool:
   """Saves `state_tree` as the best checkpoint if `value` beats the kept
-  one (None, an undefined metric, never does unless nothing is kept)."""
+  one (None, an undefined metric, never does unless nothing is kept).
+
+  With several hosts every host takes process 0's decision, with its
+  `value`: each computes the metric from the same replicated predictions,
+  but a host whose floating point differs in the last bit (another CPU,
+  another BLAS), or that reads the kept value before process 0 has written
+  it, would otherwise save alone, and hang in orbax's save.
+  """
+  value = None if value is None else float(value)
   best_step, best_value = best_so_far(manager)
   sign = -1.0 if _mode(metric) == 'min' else 1.0
   better = best_step is None or metrics_lib.is_better(
       None if value is None else sign * value,
       None if best_value is None else sign * best_value)
-  if better and step != best_step:
+  value, better, save = multihost.chiefs_value(
+      'best_checkpoint', [value, better, better and step != best_step])
+  if save:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_tree)),
                  metrics={'value': value}, force=True)

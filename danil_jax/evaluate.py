@@ -3,6 +3,7 @@
 python -m danil_jax.evaluate --workdir=DIR [--split=test]
     [--checkpoint=best|last|STEP] [--weights=ema|raw]
     [--tta=none|flips|flips_rot90]
+    [--config.distributed=True [--config.distributed_init.*]]
 
 writes DIR/eval/<split>_<checkpoint>[_<tta>]/: metrics.json (every metric
 of metrics.py, the data set's own included, and calibration.py's),
@@ -11,10 +12,15 @@ per class, then the temperature-scaled ones when the run has a validation
 split) and confusion_matrix.png, roc_curves.png, reliability_diagram.png.
 With --weights other than those the run reports, `_<weights>` is added to
 the directory's name.
+
+On a pod or cluster every host runs it with --config.distributed=True, as
+for danil_jax.main (join_flags.py): each scores its slice, process 0 writes.
 """
 
 from absl import app
 from absl import flags
+
+from danil_jax import join_flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split to score.')
@@ -29,6 +35,7 @@ _TTA = flags.DEFINE_enum(
     'tta', None, ['none', 'flips', 'flips_rot90'],
     'Test-time augmentation: the softmax probabilities averaged over flipped '
     '(and rotated) copies. Default: the run\'s config.eval.tta.')
+_JOIN = join_flags.define()
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -36,7 +43,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
-  with trained_run.command_errors_exit():
+  with trained_run.command_errors_exit(_JOIN.value):
     trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
                              _WEIGHTS.value, tta=_TTA.value)
 

@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import importlib.util
 import itertools
+import json
 import os
 import sys
 import threading
@@ -27,6 +28,7 @@ _ERRORS = 'danil_jax/errors/'
 # error, so the others read it before process 0 (which hosts it) goes away.
 _LINGER_S = 2.0
 _barrier_ids = itertools.count()
+_agreement_ids = itertools.count()
 _watcher = None
 
 
@@ -99,6 +101,41 @@ def chief_first(name: str, timeout_s: float):
   yield
   if is_chief():
     barrier(name, timeout_s)
+
+
+def chiefs_value(name: str, value, timeout_s: float = 600.0):
+  """Process 0's `value` (anything JSON holds), on every host.
+
+  For a decision every host must take alike, which each could take from its
+  own view (the best checkpoint by a metric, the latest checkpoint of a run
+  still writing them): hosts that disagree would hang in the next collective
+  or write diverging state. Every host must call it in the same order.
+  """
+  value = json.loads(json.dumps(value))  # the same type on every host
+  if jax.process_count() == 1:
+    return value
+  key = f'danil_jax/chief/{name}/{next(_agreement_ids)}'
+  if is_chief():
+    _client().key_value_set(key, json.dumps(value))
+    return value
+  try:
+    return json.loads(_client().blocking_key_value_get(
+        key, int(timeout_s * 1000)))
+  except jax.errors.JaxRuntimeError as e:
+    raise TimeoutError(
+        f'process {jax.process_index()} waited {timeout_s:.0f} s for process '
+        f'0\'s {name!r}; it is stuck or gone: {e}') from None
+
+
+def same_on_every_host(name: str, value, what: str) -> None:
+  """Raises ValueError on each host whose `value` differs from process 0's
+  (which then ends every host, `end_every_host`); `what` names it."""
+  chiefs = chiefs_value(name, value)
+  if json.loads(json.dumps(value)) != chiefs:
+    raise ValueError(
+        f'{what} differs between the hosts: process 0 has {chiefs}, process '
+        f'{jax.process_index()} has {json.loads(json.dumps(value))}; every '
+        'host must see the same files (a shared disk or a bucket)')
 
 
 def post_error(message: str) -> None:

@@ -2,12 +2,16 @@
 
 python -m danil_jax.response_maps --workdir=DIR [--split=test] [--num=8]
     --out=maps.png [--checkpoint=last]
+    [--config.distributed=True [--config.distributed_init.*]]
 
 For `num` images spread evenly over the split: the image, |A+| and |A-|
 (per-pixel magnitude of dL+c/dx and dL-c/dx, intrinsic_maps.py), with the
 label, the prediction, y- (the prediction when wrong, else the
 highest-scoring wrong class) and ||A+ - A-||^2 in the caption. The maps are
 also saved beside the PNG as <out>.npz (indices, a_plus, a_minus, ...).
+
+On a pod or cluster every host runs it with --config.distributed=True, as
+for danil_jax.main (join_flags.py): each scores its slice, process 0 writes.
 """
 
 import os
@@ -15,12 +19,15 @@ import os
 from absl import app
 from absl import flags
 
+from danil_jax import join_flags
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split to take images from.')
 _NUM = flags.DEFINE_integer('num', 8, 'Number of images.')
 _OUT = flags.DEFINE_string('out', None, 'PNG file to write.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'last', "'best', 'last' or a step number.")
+_JOIN = join_flags.define()
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -30,8 +37,9 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from danil_jax import eval_plots
+  from danil_jax import multihost
   from danil_jax import trained_run
-  with trained_run.command_errors_exit():
+  with trained_run.command_errors_exit(_JOIN.value):
     if _NUM.value < 1:
       raise ValueError(f'--num must be at least 1, got {_NUM.value}')
     run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value)
@@ -39,6 +47,8 @@ def main(argv):
       raise ValueError(f'--split={_SPLIT.value!r}: the data set has splits '
                        f'{sorted(run.builder.info.splits)}')
     maps = trained_run.compute_maps(run, _SPLIT.value, _NUM.value)
+    if not multihost.is_chief():
+      return
     eval_plots.response_maps(maps, run.class_names, run.pre, _OUT.value,
          title=f'{run.config.dataset.name} {_SPLIT.value}, {run.checkpoint} '
          f'model (step {run.step})')

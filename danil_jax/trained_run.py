@@ -6,6 +6,11 @@ run's own checkpoints, logs and data iterator are never written. Then
 `evaluate_run` (danil_jax.evaluate), `predict_files` (danil_jax.predict) and
 `compute_maps` (danil_jax.response_maps); the command modules hold only
 their flags, so tests call these in one process.
+
+On several hosts (the commands' `--config.distributed=True`, join_flags.py)
+every host restores the checkpoint process 0 resolved, reads and scores only
+its slice of every global batch, and gets every result back replicated;
+process 0 alone writes and prints. The numbers are those of one process.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import csv
 import dataclasses
 import functools
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -38,6 +44,7 @@ from danil_jax import input_pipeline
 from danil_jax import intrinsic_maps
 from danil_jax import metrics as metrics_lib
 from danil_jax import models
+from danil_jax import multihost
 from danil_jax import sharding
 from danil_jax import steps
 from danil_jax import tta as tta_lib
@@ -65,9 +72,10 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     raise ValueError(f'{path} does not exist: is {workdir} a run directory '
                      '(python -m danil_jax.main --workdir=...)?')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  if 'eval' not in config:  # a run from before config.eval existed
-    from configs import default  # pylint: disable=g-import-not-at-top
-    config.eval = default.get_config().eval
+  from configs import default  # pylint: disable=g-import-not-at-top
+  for key in ('eval', 'distributed_init'):  # a run from before they existed
+    if key not in config:
+      config[key] = default.get_config()[key]
   return config
 
 
@@ -96,12 +104,19 @@ def load(workdir: str, checkpoint: str = 'last', *,
   if tta is None:
     tta = config.eval.get('tta', 'none')  # absent in runs from before it
   tta_lib.check(tta, '--tta')
-  directory, step = best_checkpoint.find_checkpoint(workdir, checkpoint)
+  # A run still training may add a checkpoint between two hosts' looks:
+  # every host restores the one process 0 found.
+  directory, step = multihost.chiefs_value(
+      'checkpoint', best_checkpoint.find_checkpoint(workdir, checkpoint))
   if need_data:
-    builder = data_prep.prepare(
-        config.dataset.name, data_dir=config.dataset.data_dir,
-        manual_dir=config.dataset.manual_dir or None,
-        config=config.dataset.builder_config or None)
+    # As in training: process 0 builds a missing data set, the others wait.
+    with multihost.chief_first(
+        'dataset', config.distributed_init.data_build_timeout_s):
+      builder = data_prep.prepare(
+          config.dataset.name, data_dir=config.dataset.data_dir,
+          manual_dir=config.dataset.manual_dir or None,
+          config=config.dataset.builder_config or None,
+          build=multihost.is_chief())
   else:
     builder = data_prep.get_builder(
         config.dataset.name, data_dir=config.dataset.data_dir,
@@ -168,6 +183,8 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
     model += f'_{run.weights}'
   outdir = checkpointing.absolute_path(workdir) / 'eval' / (
       evaluation.output_name(split, model, run.tta))
+  if not multihost.is_chief():
+    return str(outdir), metrics
   weights_note = (f', {run.weights} weights' if run.state.ema is not None
                   else '')
   evaluation.write_outputs(
@@ -206,39 +223,55 @@ def read_image(path: str):
     raise ValueError(f'{path}: not a readable image ({e})') from None
 
 
+def _this_hosts_positions(num_examples: int, global_batch_size: int,
+                          mesh) -> list[list[int]]:
+  """Per global batch, the positions (into the examples, padding past the
+  end) that this host reads: its contiguous block of each batch, as in
+  input_pipeline.eval_batches."""
+  per_process = sharding.per_process_batch_size(global_batch_size, mesh)
+  first = jax.process_index() * per_process
+  return [[b * global_batch_size + first + j for j in range(per_process)]
+          for b in range(input_pipeline.num_eval_batches(
+              num_examples, global_batch_size))]
+
+
 def predict_files(run, paths: list[str], *, skip_bad: bool = False):
-  """(rows of (path, probabilities [K]), unreadable files with reasons)."""
-  images, kept, bad = [], [], []
-  for path in paths:
+  """(rows of (path, probabilities [K]), unreadable files with reasons).
+
+  Every host must list the same `paths` (else a ValueError names both
+  lists' sizes); each reads and scores only its slice of every batch of
+  eval_batch_size files and gets every row back. The unreadable files are
+  those this host read; the others are left out of the rows all the same.
+  """
+  digest = hashlib.sha256('\n'.join(paths).encode()).hexdigest()[:16]
+  multihost.same_on_every_host('predict_files', [len(paths), digest],
+                               'the list of --images files (count, digest)')
+  batch_size = run.config.input.eval_batch_size
+  positions = _this_hosts_positions(len(paths), batch_size, run.mesh)
+  images, bad = {}, []
+  for i in (i for batch in positions for i in batch if i < len(paths)):
     try:
-      image = read_image(path)
+      images[i] = augment.eval_transform(
+          read_image(paths[i]), size=run.pre.size, mean=run.pre.mean,
+          std=run.pre.std)
     except ValueError as e:
       bad.append(str(e))
-      continue
-    images.append(augment.eval_transform(image, size=run.pre.size,
-                                         mean=run.pre.mean, std=run.pre.std))
-    kept.append(path)
   if bad and not skip_bad:
     raise ValueError(f'{len(bad)} unreadable file(s) (--skip_bad leaves them '
                      'out):\n  ' + '\n  '.join(bad))
-  batch_size = run.config.input.eval_batch_size
-  size = run.pre.size
-  probabilities = []
-  for start in range(0, len(images), batch_size):
-    chunk = np.stack(images[start:start + batch_size])
-    n = len(chunk)
-    # Padded to the evaluation batch, masked, as in evaluation.
-    batch = dict(
-        image=np.concatenate([chunk, np.zeros((batch_size - n, size, size, 3),
-                                              np.float32)]),
-        label=np.zeros(batch_size, np.int32),
-        mask=np.arange(batch_size) < n)
+  blank = np.zeros((run.pre.size, run.pre.size, 3), np.float32)
+  rows = []
+  for start, batch in zip(range(0, len(paths), batch_size), positions):
+    # Padding and unreadable files are masked out, as in evaluation.
+    local = dict(image=np.stack([images.get(i, blank) for i in batch]),
+                 label=np.zeros(len(batch), np.int32),
+                 mask=np.array([i in images for i in batch]))
     out = jax.device_get(run.eval_step(
-        run.state, sharding.global_batch(batch, run.mesh)))
-    probabilities.append(np.asarray(out['probabilities'], np.float32)[:n])
-  probabilities = (np.concatenate(probabilities) if probabilities else
-                   np.zeros((0, len(run.class_names)), np.float32))
-  return list(zip(kept, probabilities)), bad
+        run.state, sharding.global_batch(local, run.mesh)))
+    probabilities = np.asarray(out['probabilities'], np.float32)
+    for row in np.flatnonzero(np.asarray(out['mask'], bool)):
+      rows.append((paths[start + row], probabilities[row]))
+  return rows, bad
 
 
 def write_predictions_csv(path: str, rows, class_names) -> None:
@@ -256,30 +289,52 @@ def chosen_indices(split_size: int, num: int):
 
 
 def compute_maps(run, split: str, num: int) -> dict:
-  """Preprocessed images, labels and the maps of the chosen examples."""
+  """Preprocessed images, labels and the maps of the chosen examples.
+
+  The chosen examples are padded to a multiple of the devices and sharded
+  over them (each host preprocesses its slice); every host gets them all.
+  """
   source = run.builder.as_data_source(split)
   indices = chosen_indices(len(source), num)
-  records = [source[int(i)] for i in indices]
-  images = np.stack([augment.eval_transform(
-      r['image'], size=run.pre.size, mean=run.pre.mean, std=run.pre.std)
-                     for r in records])
-  labels = np.array([r['label'] for r in records], np.int32)
-  variables = {'params': run.state.params,
-               'batch_stats': run.state.batch_stats}
-  logits_fn = lambda x: run.model.apply(variables, x, train=False)
+  padded = -(-len(indices) // run.mesh.size) * run.mesh.size
+  (mine,) = _this_hosts_positions(padded, padded, run.mesh)
+  blank = np.zeros((run.pre.size, run.pre.size, 3), np.float32)
+  records = [source[int(indices[i])] if i < len(indices) else None
+             for i in mine]
+  local = dict(
+      image=np.stack([blank if r is None else augment.eval_transform(
+          r['image'], size=run.pre.size, mean=run.pre.mean, std=run.pre.std)
+                      for r in records]),
+      label=np.array([0 if r is None else r['label'] for r in records],
+                     np.int32))
+  batch = sharding.global_batch(local, run.mesh)
+
+  def maps_fn(variables, images, labels):
+    logits_fn = lambda x: run.model.apply(variables, x, train=False)
+    return dict(images=images, labels=labels,
+                **intrinsic_maps.response_maps(logits_fn, images, labels))
+
+  replicated = sharding.replicated(run.mesh)
+  data = sharding.data_sharding(run.mesh)
   maps = jax.device_get(jax.jit(
-      lambda x, y: intrinsic_maps.response_maps(logits_fn, x, y))(
-          images, labels))
-  return dict(indices=indices, images=images, labels=labels,
-              **{k: np.asarray(v) for k, v in maps.items()})
+      maps_fn, in_shardings=(replicated, data, data),
+      out_shardings=replicated)(
+          {'params': run.state.params, 'batch_stats': run.state.batch_stats},
+          batch['image'], batch['label']))
+  return dict(indices=indices, **{k: np.asarray(v)[:len(indices)]
+                                  for k, v in maps.items()})
 
 
 @contextlib.contextmanager
-def command_errors_exit():
-  """For the commands: quiet logs unless --verbosity was given; a bad flag
-  or missing file ends the command with its message alone."""
+def command_errors_exit(join=None):
+  """For the commands: quiet logs unless --verbosity was given; joins the
+  hosts if `join` (join_flags.define's value) has distributed=True; a bad
+  flag or missing file ends the command with its message alone (on every
+  host, `cli.errors_exit`)."""
   from danil_jax import cli  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS['verbosity'].present:
+  if join is not None:
+    cli.setup(join)
+  elif not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   with cli.errors_exit():
     try:

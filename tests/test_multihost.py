@@ -77,15 +77,16 @@ def read_log(path):
     return f.read()
 
 
-def checkpoint_steps(workdir):
-  directory = workdir / 'checkpoints'
+def checkpoint_steps(workdir, directory='checkpoints'):
+  directory = workdir / directory
   return sorted(int(p.name) for p in directory.iterdir()
                 if p.name.isdigit()) if directory.exists() else []
 
 
-def final_state(workdir):
+def final_state(workdir, directory='checkpoints'):
   """The last checkpoint's arrays as numpy, read on this one device."""
-  path = workdir / 'checkpoints' / str(checkpoint_steps(workdir)[-1]) / 'state'
+  path = (workdir / directory / str(checkpoint_steps(workdir, directory)[-1])
+          / 'state')
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(path).item_metadata.tree
