@@ -13,9 +13,9 @@ import math
 
 import orbax.checkpoint as ocp
 
-from danil_jax import checkpointing
-from danil_jax import metrics as metrics_lib
-from danil_jax import multihost
+from danil_jax.evaluation import metrics as metrics_lib
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import multihost
 
 BEST_DIR = 'checkpoints_best'
 LATEST_DIR = 'checkpoints'

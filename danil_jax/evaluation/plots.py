@@ -1,11 +1,30 @@
-"""PNG figures of an evaluation: the confusion matrix, the ROC curves and
-the reliability diagram."""
+"""PNG figures of a run: its training curves, and an evaluation's confusion
+matrix, ROC curves, reliability diagram and response maps.
 
+The trainer redraws `WORKDIR/curves.png` after every evaluation
+(`plot_curves`; `python -m danil_jax.plots --workdir=DIR` for any run). Its
+panels are what tells a user whether DANIL acts at all: the cross-entropy,
+Ld (Eq. 5), the misclassified fraction (only those samples carry Ld,
+Algorithm 1) and the share of the parameter gradient that lam * Ld
+contributes (Eq. 6), next to the evaluation macro-F1 and accuracy.
+"""
+
+import io
+
+from etils import epath
 import numpy as np
 from sklearn import metrics as skm
 
-from danil_jax import calibration
-from danil_jax import plots
+from danil_jax.evaluation import calibration
+
+CURVES_FILE = 'curves.png'
+
+_TRAIN_PANELS = (
+    ('ce', 'cross-entropy L+c (Eq. 3)', 'linear'),
+    ('distraction', 'Ld (Eq. 5)', 'log'),
+    ('misclassified', 'misclassified fraction', 'linear'),
+    ('distraction_grad_share', 'share of grad from lam*Ld', 'log'),
+)
 
 
 def _pyplot():
@@ -13,6 +32,53 @@ def _pyplot():
   matplotlib.use('Agg')  # no display on servers and CI
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   return plt
+
+
+def plot_curves(records: list[dict], path, title: str = '') -> str:
+  """Draws the train and eval curves of `records` into `path` (a PNG).
+
+  `path` may be anything etils.epath handles, `gs://...` included.
+  """
+  plt = _pyplot()
+  train = [r for r in records if r.get('kind') == 'train']
+  evals = [r for r in records if r.get('kind') == 'eval']
+  fig, axes = plt.subplots(1, len(_TRAIN_PANELS) + 1, figsize=(20, 3.6))
+  for ax, (key, label, scale) in zip(axes, _TRAIN_PANELS):
+    points = [(r['epoch'], r[key]) for r in train
+              if key in r and (scale != 'log' or r[key] > 0)]
+    if points:
+      ax.plot(*zip(*points), lw=1)
+      ax.set_yscale(scale)
+    else:
+      ax.text(0.5, 0.5, 'not logged', ha='center', va='center',
+              transform=ax.transAxes)
+    ax.set_title(label, fontsize=10)
+    ax.set_xlabel('epoch')
+  ax = axes[-1]
+  for key in ('macro_f1', 'accuracy'):
+    points = [(r['epoch'], r[key]) for r in evals if key in r]
+    if points:
+      ax.plot(*zip(*points), marker='o', label=key.replace('_', '-'))
+  ax.set_title(f"{evals[-1]['split'] if evals else 'eval'} metrics",
+               fontsize=10)
+  ax.set_xlabel('epoch')
+  ax.set_ylim(0, 1)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=11)
+  fig.tight_layout()
+  save_png(fig, path)
+  plt.close(fig)
+  return str(path)
+
+
+def save_png(fig, path) -> None:
+  """Writes `fig` through a buffer, so `path` may be anything etils.epath
+  handles (a local disk, gs://...)."""
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=90)
+  epath.Path(path).write_bytes(png.getvalue())
 
 
 def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
@@ -35,7 +101,7 @@ def confusion_matrix(matrix, class_names, path: str, title: str = '') -> str:
   fig.colorbar(image, ax=ax, label='share of the true class')
   ax.set_title(title or 'confusion matrix', fontsize=9)
   fig.tight_layout()
-  plots.save_png(fig, path)
+  save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -62,7 +128,7 @@ def roc_curves(labels, probabilities, class_names, path: str,
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=7, loc='lower right')
   fig.tight_layout()
-  plots.save_png(fig, path)
+  save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -106,7 +172,7 @@ def reliability_diagram(labels, probabilities, path: str, *,
   hist.set_xlabel(f'confidence (max probability, {num_bins} bins)')
   hist.set_ylabel('share of images')
   fig.tight_layout()
-  plots.save_png(fig, path)
+  save_png(fig, path)
   plt.close(fig)
   return path
 
@@ -141,6 +207,6 @@ def response_maps(maps: dict, class_names, pre, path: str,
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  plots.save_png(fig, path)
+  save_png(fig, path)
   plt.close(fig)
   return path

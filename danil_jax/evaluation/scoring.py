@@ -22,11 +22,11 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
-from danil_jax import calibration
-from danil_jax import input_pipeline
-from danil_jax import metrics as metrics_lib
-from danil_jax import sharding
-from danil_jax import steps
+from danil_jax.evaluation import calibration
+from danil_jax.evaluation import metrics as metrics_lib
+from danil_jax.runtime import input_pipeline
+from danil_jax.runtime import multihost
+from danil_jax.runtime import steps
 
 # Text/scalar features kept beside each prediction, when the data set has
 # them; the first present one names the example in predictions.csv.
@@ -43,7 +43,7 @@ class Predictions:
   metadata: dict  # feature name -> [N] values; always 'index'
   # float32 [N, K], log of `probabilities` computed without underflow.
   log_probabilities: np.ndarray | None = None
-  tta: str = 'none'  # the test-time augmentation (danil_jax.tta)
+  tta: str = 'none'  # the test-time augmentation (danil_jax.runtime.tta)
   # Temperature scaling (`calibrate`): T, the calibrated probabilities, and
   # how T was fitted or why not ('' = not asked for).
   temperature: float | None = None
@@ -88,9 +88,9 @@ def jit_eval_step(mesh, tta: str = 'none'):
   step = steps.eval_step
   if tta != 'none':
     step = functools.partial(steps.eval_step, tta=tta)
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh),
-                                     sharding.data_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(step, in_shardings=(multihost.replicated(mesh),
+                                     multihost.data_sharding(mesh)),
+                 out_shardings=multihost.replicated(mesh))
 
 
 def predict_split(eval_step, state, source, *, pre, global_batch_size: int,
@@ -105,7 +105,7 @@ def predict_split(eval_step, state, source, *, pre, global_batch_size: int,
   for local_batch in batches:
     # The outputs are replicated: every process sees the whole global batch,
     # whose rows are the global indices in order (eval_batches).
-    out = jax.device_get(eval_step(state, sharding.global_batch(local_batch,
+    out = jax.device_get(eval_step(state, multihost.global_batch(local_batch,
                                                                 mesh)))
     mask = np.asarray(out['mask'], bool)
     probabilities.append(np.asarray(out['probabilities'], np.float32)[mask])
@@ -236,7 +236,7 @@ def write_outputs(outdir: str, predictions: Predictions, metrics: dict,
                   class_names, *, title: str = '') -> dict:
   """metrics.json, predictions.csv, confusion_matrix.png, roc_curves.png,
   reliability_diagram.png."""
-  from danil_jax import eval_plots  # pylint: disable=g-import-not-at-top
+  from danil_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
   outdir = epath.Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
   paths = dict(metrics=outdir / 'metrics.json',
@@ -246,11 +246,11 @@ def write_outputs(outdir: str, predictions: Predictions, metrics: dict,
                reliability=outdir / 'reliability_diagram.png')
   paths['metrics'].write_text(json.dumps(metrics, indent=2))
   write_predictions_csv(paths['predictions'], predictions, class_names)
-  eval_plots.confusion_matrix(metrics['confusion_matrix'], class_names,
+  plots.confusion_matrix(metrics['confusion_matrix'], class_names,
                               paths['confusion'], title=title)
-  eval_plots.roc_curves(predictions.labels, predictions.probabilities,
+  plots.roc_curves(predictions.labels, predictions.probabilities,
                         class_names, paths['roc'], title=title)
-  eval_plots.reliability_diagram(
+  plots.reliability_diagram(
       predictions.labels, predictions.probabilities, paths['reliability'],
       calibrated=predictions.calibrated_probabilities,
       temperature=predictions.temperature, title=title)

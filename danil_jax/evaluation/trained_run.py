@@ -7,7 +7,7 @@ run's own checkpoints, logs and data iterator are never written. Then
 `compute_maps` (danil_jax.response_maps); the command modules hold only
 their flags, so tests call these in one process.
 
-On several hosts (the commands' `--config.distributed=True`, join_flags.py)
+On several hosts (the commands' `--config.distributed=True`, runtime/cli.py)
 every host restores the checkpoint process 0 resolved, reads and scores only
 its slice of every global batch, and gets every result back replicated;
 process 0 alone writes and prints. The numbers are those of one process.
@@ -25,29 +25,28 @@ import json
 import os
 import sys
 
+from absl import flags
+from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import flags
-from absl import logging
-from etils import epath
 from PIL import Image
 
-import data_prep
-from danil_jax import augment
-from danil_jax import best_checkpoint
-from danil_jax import checkpointing
-from danil_jax import ema
-from danil_jax import evaluation
-from danil_jax import input_pipeline
-from danil_jax import intrinsic_maps
-from danil_jax import metrics as metrics_lib
 from danil_jax import models
-from danil_jax import multihost
-from danil_jax import sharding
-from danil_jax import steps
-from danil_jax import tta as tta_lib
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.evaluation import metrics as metrics_lib
+from danil_jax.evaluation import scoring as evaluation
+from danil_jax.method import intrinsic_maps
+from danil_jax.runtime import augment
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import ema
+from danil_jax.runtime import input_pipeline
+from danil_jax.runtime import multihost
+from danil_jax.runtime import steps
+from danil_jax.runtime import tta as tta_lib
+import data_prep
 
 
 @dataclasses.dataclass
@@ -62,7 +61,7 @@ class TrainedRun:
   step: int
   checkpoint: str  # 'best', 'last' or the step, as asked
   eval_step: object  # jitted steps.eval_step over the mesh, with `tta`
-  tta: str  # test-time augmentation (danil_jax.tta)
+  tta: str  # test-time augmentation (danil_jax.runtime.tta)
   weights: str = 'raw'  # in state.params/batch_stats: 'ema' or 'raw'
 
 
@@ -122,7 +121,7 @@ def load(workdir: str, checkpoint: str = 'last', *,
         config.dataset.name, data_dir=config.dataset.data_dir,
         config=config.dataset.builder_config or None)
   class_names = list(builder.info.features['label'].names)
-  mesh = sharding.make_mesh()
+  mesh = multihost.make_mesh()
   model_info = models.info(config.model.name)
   pre = input_pipeline.Preprocessing(
       size=config.dataset.image_size or model_info.input_size,
@@ -132,11 +131,11 @@ def load(workdir: str, checkpoint: str = 'last', *,
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy = jnp.zeros((1, pre.size, pre.size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False),
-                      out_shardings=sharding.replicated(mesh))(init_rng, dummy)
+                      out_shardings=multihost.replicated(mesh))(init_rng, dummy)
   # The optimiser only gives the checkpoint's structure; its schedule's
   # values do not matter here.
   tx = steps.make_optimizer(config.optim, 1, config.num_epochs)
-  state = sharding.replicate(
+  state = multihost.replicate(
       steps.create_train_state(model, variables, tx, state_rng,
                                ema=has_ema), mesh)
   state = ema.select(steps.state_from_checkpoint(
@@ -228,7 +227,7 @@ def _this_hosts_positions(num_examples: int, global_batch_size: int,
   """Per global batch, the positions (into the examples, padding past the
   end) that this host reads: its contiguous block of each batch, as in
   input_pipeline.eval_batches."""
-  per_process = sharding.per_process_batch_size(global_batch_size, mesh)
+  per_process = multihost.per_process_batch_size(global_batch_size, mesh)
   first = jax.process_index() * per_process
   return [[b * global_batch_size + first + j for j in range(per_process)]
           for b in range(input_pipeline.num_eval_batches(
@@ -267,7 +266,7 @@ def predict_files(run, paths: list[str], *, skip_bad: bool = False):
                  label=np.zeros(len(batch), np.int32),
                  mask=np.array([i in images for i in batch]))
     out = jax.device_get(run.eval_step(
-        run.state, sharding.global_batch(local, run.mesh)))
+        run.state, multihost.global_batch(local, run.mesh)))
     probabilities = np.asarray(out['probabilities'], np.float32)
     for row in np.flatnonzero(np.asarray(out['mask'], bool)):
       rows.append((paths[start + row], probabilities[row]))
@@ -307,15 +306,15 @@ def compute_maps(run, split: str, num: int) -> dict:
                       for r in records]),
       label=np.array([0 if r is None else r['label'] for r in records],
                      np.int32))
-  batch = sharding.global_batch(local, run.mesh)
+  batch = multihost.global_batch(local, run.mesh)
 
   def maps_fn(variables, images, labels):
     logits_fn = lambda x: run.model.apply(variables, x, train=False)
     return dict(images=images, labels=labels,
                 **intrinsic_maps.response_maps(logits_fn, images, labels))
 
-  replicated = sharding.replicated(run.mesh)
-  data = sharding.data_sharding(run.mesh)
+  replicated = multihost.replicated(run.mesh)
+  data = multihost.data_sharding(run.mesh)
   maps = jax.device_get(jax.jit(
       maps_fn, in_shardings=(replicated, data, data),
       out_shardings=replicated)(
@@ -328,10 +327,10 @@ def compute_maps(run, split: str, num: int) -> dict:
 @contextlib.contextmanager
 def command_errors_exit(join=None):
   """For the commands: quiet logs unless --verbosity was given; joins the
-  hosts if `join` (join_flags.define's value) has distributed=True; a bad
+  hosts if `join` (cli.define_join_flags's value) has distributed=True; a bad
   flag or missing file ends the command with its message alone (on every
   host, `cli.errors_exit`)."""
-  from danil_jax import cli  # pylint: disable=g-import-not-at-top
+  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
   if join is not None:
     cli.setup(join)
   elif not flags.FLAGS['verbosity'].present:

@@ -3,7 +3,8 @@
 Per method: the mean and sample standard deviation over seeds of each final
 metric, and the paired difference to the first method on the same seeds with
 its 95% confidence interval, p-value and the smallest difference the seeds
-could detect (danil_jax.paired_stats); DANIL's gradient ratio as logged.
+could detect (danil_jax.experiments.paired_stats); DANIL's gradient ratio as
+logged.
 `plot_sweep` draws them against a swept config value (danil_jax.compare).
 
 The `control` method is DANIL's step with lam = 0: the gradient of Base up to
@@ -14,12 +15,12 @@ rounding and the chaos of training produce without any method.
 
 import numpy as np
 
-from danil_jax import paired_stats
-from danil_jax import paper_numbers
+from danil_jax.experiments import paired_stats
+from danil_jax.experiments import paper_numbers
 
 METRICS = ('macro_f1', 'accuracy')
 # Summarised like METRICS where every seed's run has them (ece_calibrated and
-# brier only with a validation split; danil_jax/calibration.py).
+# brier only with a validation split; danil_jax/evaluation/calibration.py).
 CALIBRATION = ('ece', 'ece_calibrated', 'brier')
 # Read from each DANIL run's metrics.jsonl: whether the term acts at all.
 DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')

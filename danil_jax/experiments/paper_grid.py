@@ -9,8 +9,8 @@ import ast
 import importlib
 import os
 
-from danil_jax import comparison
-from danil_jax import paper_numbers as pn
+from danil_jax.experiments import comparison
+from danil_jax.experiments import paper_numbers as pn
 
 # Keys the grid sets, and keys that only make sense per data set.
 GRID_KEYS = ('method', 'seed', 'model.name', 'model.pretrained',

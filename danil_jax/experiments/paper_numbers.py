@@ -19,15 +19,12 @@ DATASET_LABELS = {'ham10000': 'HAM10000', 'aptos2019': 'APTOS2019',
                   'crc_msi': 'CRC-MSI'}
 # Methods danil-jax trains (config.method) and those only quoted.
 RUN_METHODS = ('base', 'ohem', 'danil')
-# Not in the paper: DANIL with lam = 0 (danil_jax.comparison.CONTROL), the
+# Not in the paper: DANIL with lam = 0 (experiments.comparison.CONTROL), the
 # noise floor of the protocol; only when asked for (--methods).
 CONTROL = 'control'
 METHOD_LABELS = {'base': 'Base', 'ohem': 'Base+OHEM', 'danil': 'Base+DANIL',
                  'multitask': 'Multi-task [3]', 'dil': 'DIL [9]',
                  'canet': 'CANet [6]', CONTROL: 'DANIL, lam = 0 (control)'}
-# The paper's metric names: "averaged F1" is the macro-F1.
-METRIC_LABELS = {'macro_f1': 'averaged (macro) F1', 'accuracy': 'accuracy'}
-
 # metric -> data set -> method -> (ResNet50, VGGNet11, Inception V4,
 # EfficientNet-b0), from Tables 3 (macro_f1) and 4 (accuracy).
 NUMBERS = {

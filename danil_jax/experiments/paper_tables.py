@@ -9,15 +9,16 @@ methods danil-jax does not implement (Multi-task, DIL, CANet) hold only the
 paper's numbers, marked "not run here"; the control (DANIL with lam = 0),
 when run, gets a row below the paper's. `difference_tables` adds, per metric,
 each paired difference with its 95% interval, p-value, minimum detectable
-effect and reading (danil_jax.paired_stats) beside the paper's one-run one.
+effect and reading (danil_jax.experiments.paired_stats) beside the paper's
+one-run one.
 """
 
 import math
 
 import numpy as np
 
-from danil_jax import paired_stats
-from danil_jax import paper_numbers as pn
+from danil_jax.experiments import paired_stats
+from danil_jax.experiments import paper_numbers as pn
 
 NOT_RUN_HERE = 'not run here'
 NOT_REQUESTED = 'not run (--methods)'

@@ -54,9 +54,3 @@ def response_maps(logits_fn: Callable[[jax.Array], Any], x: jax.Array,
                      axis=tuple(range(1, x.ndim)))
   return dict(a_plus=a_plus, a_minus=a_minus, distance=distance,
               y_minus=y_minus, prediction=prediction, logits=logits)
-
-
-def magnitude(maps: jax.Array) -> jax.Array:
-  """Per-pixel magnitude [B, H, W] of maps [B, H, W, C]: the L2 norm over
-  the channels."""
-  return jnp.sqrt(jnp.sum(jnp.square(maps), axis=-1))

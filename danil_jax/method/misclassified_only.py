@@ -51,7 +51,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from danil_jax import losses
+from danil_jax.method import losses
 
 # Bucket capacities as fractions of the batch.
 BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1)

@@ -17,7 +17,7 @@ JAX's stock rules make that second pass slow on CPU:
   window position of each maximum is stored as a small integer and the VJP is
   a sum of interior pads, linear in the cotangent with constant masks, so its
   derivative is a handful of strided slices.
-* Weight gradients take the forms of `danil_jax.weight_grads` (on the CPU
+* Weight gradients take the forms of `danil_jax.method.weight_grads` (on the CPU
   one matrix product over an unfolded operand), also inside `lax.cond`
   branches (`steps.train_step(skip_correct=True)`). Every undilated NHWC
   conv takes the custom rule (stride 1 too) for that reason.
@@ -49,7 +49,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from danil_jax import weight_grads
+from danil_jax.method import weight_grads
 
 # Flax's 2D convs use NHWC inputs and HWIO kernels.
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -96,11 +96,6 @@ def rules(conv_rules: str):
     yield
   finally:
     _RULES.reset(token)
-
-
-def stock_rules():
-  """`rules('stock')`."""
-  return rules('stock')
 
 
 def _custom() -> bool:

@@ -40,7 +40,7 @@ def cpu_rules() -> bool:
 def conv_weight_grad(x, g, kernel_hw, strides, pads, precision=None):
   """d conv / d w applied to `g` (groups=1), in the form `weight_grad_form`
   names for these shapes on this backend. Values equal the stock rule's to
-  float rounding (tests/test_weight_grads.py)."""
+  float rounding (tests/method/test_weight_grads.py)."""
   form = weight_grad_form(x.shape, g.shape, kernel_hw, strides)
   if form in ('unfold x', 'unfold g'):
     return _weight_grad_by_unfolding(x, g, kernel_hw, strides, pads,

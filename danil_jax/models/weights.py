@@ -19,8 +19,8 @@ Converted variables are stored without torch in DIR/variables.npz (keys are
 
 import json
 import os
-import zipfile
 from typing import Any, Mapping
+import zipfile
 
 import jax
 import jax.numpy as jnp

@@ -123,13 +123,6 @@ def central_box(height: int, width: int, *, ratio=RATIO
   return (left, top, left + w, top + h)
 
 
-def colour_jitter(image: np.ndarray, rng: np.random.Generator, *,
-                  strength: float = JITTER) -> np.ndarray:
-  """Random brightness, contrast and saturation in [1-s, 1+s] (float, 0-255)."""
-  matrix, offset = _jitter_affine(image, rng, strength)
-  return _colour_affine(image, matrix, offset, (0, 0, 0), (1 / 255,) * 3)
-
-
 def eval_transform(image: np.ndarray, *, size: int, mean, std) -> np.ndarray:
   """Central crop (aspect within `RATIO`), resize, normalise."""
   image = _as_rgb(image)

@@ -13,12 +13,12 @@ etils.epath handles (a local disk, `gs://...`).
 import sys
 import time
 
-import jax
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+import jax
+import orbax.checkpoint as ocp
 
-from danil_jax import ema
+from danil_jax.runtime import ema
 
 
 def absolute_path(path) -> epath.Path:

@@ -1,7 +1,20 @@
-"""What every training command does around `train.train_and_evaluate`.
+"""What the commands share: setup, errors as messages, joining a job.
 
-Shared by `danil_jax.main` and `danil_jax.compare`; imports JAX lazily so
-their `--help` answers at once.
+`setup` and `errors_exit` are what every training command does around
+`train.train_and_evaluate` (danil_jax.main, compare, paper) and the
+commands on a trained run do around their work (evaluate, predict,
+response_maps). `define_join_flags` is the switch with which those join a
+multi-host job, as `main` does.
+
+evaluate, predict and response_maps read their run's config from its
+workdir; of the config flags they take only these, the keys of
+configs/default.py under the same names: `--config.distributed=True`, and
+where JAX cannot detect the cluster (SLURM, Open MPI, TPU pods and
+Kubernetes it can) `--config.distributed_init.coordinator_address=HOST:PORT`,
+`.num_processes=N`, `.process_id=i`. Without the switch a command is one
+process on this host's devices, whatever the run was trained on.
+
+JAX is imported lazily, so the commands' `--help` answers at once.
 """
 
 import contextlib
@@ -9,6 +22,10 @@ import sys
 
 from absl import flags
 from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+from configs import default
 
 
 def setup(config) -> None:
@@ -22,7 +39,8 @@ def setup(config) -> None:
     # the progress bars and results unless --verbosity asks for more.
     logging.set_verbosity(logging.WARNING)
   if config.distributed:
-    from danil_jax import multihost  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from danil_jax.runtime import multihost
     multihost.initialize(config.distributed_init)
 
 
@@ -39,9 +57,14 @@ def errors_exit():
   faults.Preempted is a SystemExit with status faults.EXIT_PREEMPTED (75).
   """
   # pylint: disable=g-import-not-at-top
+  from danil_jax.models import weights
+  from danil_jax.runtime import checkpointing
+  from danil_jax.runtime import config_checks
+  from danil_jax.runtime import faults
+  from danil_jax.runtime import multihost
+  from danil_jax.runtime import run_config
   from data_prep import common
-  from danil_jax import checkpointing, config_checks, faults, multihost
-  from danil_jax import run_config, weights
+
   # pylint: enable=g-import-not-at-top
   with multihost.end_every_host():
     try:
@@ -51,3 +74,15 @@ def errors_exit():
             weights.ConversionError, faults.NonFiniteError,
             checkpointing.CheckpointError) as e:
       sys.exit(f'error: {e}')
+
+
+def define_join_flags():
+  """Defines --config.distributed and --config.distributed_init.*."""
+  defaults = default.get_config()
+  join = ml_collections.ConfigDict(dict(
+      distributed=defaults.distributed,
+      distributed_init=defaults.distributed_init))
+  return config_flags.DEFINE_config_dict(
+      'config', join, 'Joining the hosts of a pod, as for danil_jax.main: '
+      '--config.distributed=True [--config.distributed_init.*].',
+      lock_config=True)

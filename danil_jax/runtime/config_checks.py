@@ -10,10 +10,10 @@ import re
 
 import ml_collections
 
-from danil_jax import losses
 from danil_jax import models
-from danil_jax import steps
-from danil_jax import tta
+from danil_jax.method import losses
+from danil_jax.runtime import steps
+from danil_jax.runtime import tta
 
 # Smallest input side each backbone accepts: below it a feature map becomes
 # empty (Inception-v4's unpadded stem and reductions; VGG's five 2x2 pools

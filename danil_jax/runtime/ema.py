@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import sys
 
+from absl import logging
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 KEY = 'ema'  # the train state's field and the checkpoint tree's key
 WEIGHTS = ('ema', 'raw')

@@ -37,9 +37,9 @@ import sys
 import threading
 from typing import Callable
 
+from absl import logging
 import jax
 import numpy as np
-from absl import logging
 
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, retry
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -129,6 +129,7 @@ class PreemptionGuard:
     if not self._jax_sync:
       return self.received is not None
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     # A count of the calls in this process, not `step`: a notice that comes
     # before the loop (or between the runs of danil_jax.compare) is synced
     # at the count reached so far, which the next call then meets; a resumed

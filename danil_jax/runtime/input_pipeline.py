@@ -17,12 +17,12 @@ import dataclasses
 import functools
 import math
 
+from absl import flags
 import grain
 import jax
 import numpy as np
-from absl import flags
 
-from danil_jax import augment
+from danil_jax.runtime import augment
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,9 +27,9 @@ import json
 import time
 from typing import Any
 
-import ml_collections
 from absl import logging
 from etils import epath
+import ml_collections
 
 CONFIG_FILE = 'config.json'
 

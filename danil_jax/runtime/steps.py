@@ -8,15 +8,15 @@ pass of the step (for DANIL, the forward inside the input VJP).
 import functools
 from typing import Any, Callable
 
+from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import optax
-from flax.training import train_state
 
-from danil_jax import ema as ema_lib
-from danil_jax import losses
-from danil_jax import misclassified_only as misclassified_only_lib
-from danil_jax import tta as tta_lib
+from danil_jax.method import losses
+from danil_jax.method import misclassified_only as misclassified_only_lib
+from danil_jax.runtime import ema as ema_lib
+from danil_jax.runtime import tta as tta_lib
 
 METHODS = ('base', 'ohem', 'danil')
 
@@ -24,7 +24,7 @@ METHODS = ('base', 'ohem', 'danil')
 class TrainState(train_state.TrainState):
   batch_stats: Any
   rng: jax.Array  # base key; each step folds in its step number
-  # The weight EMA {'params', 'batch_stats'} (danil_jax/ema.py); None when
+  # The weight EMA {'params', 'batch_stats'} (runtime/ema.py); None when
   # config.optim.ema_decay = 0: no arrays, nothing computed or saved.
   ema: Any = None
 
@@ -299,7 +299,7 @@ def distraction_gradient_share(state: TrainState, batch, *, lam: float,
                                reduction=reduction)
     return aux['ce'], lam * aux['distraction']
 
-  (ce, scaled_ld), pullback = jax.vjp(terms, state.params)
+  (ce, _), pullback = jax.vjp(terms, state.params)
   one, zero = jnp.ones_like(ce), jnp.zeros_like(ce)
   (g_ce,) = pullback((one, zero))
   (g_d,) = pullback((zero, one))
@@ -319,7 +319,7 @@ def eval_step(state: TrainState, batch, tta: str = 'none'):
   """Float32 softmax probabilities (and their logarithm), predictions and
   the masked loss sum for one (possibly padded) batch.
 
-  With test-time augmentation (danil_jax.tta) the probabilities are the mean
+  With test-time augmentation (runtime.tta) the probabilities are the mean
   over each image's transformed copies, run as one batch; the loss is then
   the cross-entropy of that mean.
   """

@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config, workdir)` runs top to bottom in marked sections:
 setup, data, model and optimiser, compiled steps, resume, the training loop
-with per-epoch evaluation (danil_jax.train_loop), the final report; the parts
-they share are in danil_jax.train_context. Rerunning it with the same workdir
+with per-epoch evaluation (danil_jax.trainer.train_loop, which also holds the
+parts they share), the final report. Rerunning it with the same workdir
 resumes from the latest checkpoint.
 """
 
@@ -11,29 +11,26 @@ import contextlib
 import functools
 import json
 
+from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
-from etils import epath
 
-import data_prep
-from danil_jax import best_checkpoint
-from danil_jax import checkpointing
-from danil_jax import config_checks
-from danil_jax import evaluation
-from danil_jax import faults
-from danil_jax import input_pipeline
-from danil_jax import metrics as metrics_lib
 from danil_jax import models
-from danil_jax import multihost
-from danil_jax import run_config
-from danil_jax import run_log
-from danil_jax import sharding
-from danil_jax import steps
-from danil_jax import tb_writer
-from danil_jax import train_context as context
-from danil_jax import train_loop
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.evaluation import metrics as metrics_lib
+from danil_jax.evaluation import scoring as evaluation
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import config_checks
+from danil_jax.runtime import faults
+from danil_jax.runtime import input_pipeline
+from danil_jax.runtime import multihost
+from danil_jax.runtime import run_config
+from danil_jax.runtime import run_log
+from danil_jax.runtime import steps
+from danil_jax.trainer import train_loop
+import data_prep
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -60,14 +57,14 @@ def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
   """
   config_checks.check(config)
   if config.model.pretrained:
-    from danil_jax import weights  # pylint: disable=g-import-not-at-top
+    from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
     weights.check(config.model.name, config.model.pretrained)
   workdir.mkdir(parents=True, exist_ok=True)
   run_config.pin(config, workdir, write=is_chief)
-  mesh = sharding.make_mesh()
+  mesh = multihost.make_mesh()
   for key in ('global_batch_size', 'eval_batch_size'):  # validates both
     try:
-      sharding.per_process_batch_size(config.input[key], mesh)
+      multihost.per_process_batch_size(config.input[key], mesh)
     except ValueError as e:
       raise ValueError(f'config.input.{key}: {e}') from None
   logging.info('%d devices over %d processes: %s', jax.device_count(),
@@ -79,7 +76,7 @@ def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
 
 
 def _open_data(config: ml_collections.ConfigDict,
-               is_chief: bool) -> context.Data:
+               is_chief: bool) -> train_loop.Data:
   # One build, many readers: process 0 builds a missing data set while the
   # others wait; then they open it. Its failure ends every host at once.
   with multihost.chief_first('dataset',
@@ -104,11 +101,11 @@ def _open_data(config: ml_collections.ConfigDict,
   total_steps = steps_per_epoch * config.num_epochs
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
-  return context.Data(builder, class_names, train_source, pre, model_info,
+  return train_loop.Data(builder, class_names, train_source, pre, model_info,
                       steps_per_epoch, total_steps)
 
 
-def _train_batches(run: context.Run, start_step: int):
+def _train_batches(run: train_loop.Run, start_step: int):
   """An iterator over this process's slices of global batches start_step,
   start_step + 1, ..."""
   config = run.config
@@ -122,7 +119,7 @@ def _train_batches(run: context.Run, start_step: int):
 # ---------------------------------------------------- model and optimiser --
 
 
-def _initial_state(run: context.Run) -> steps.TrainState:
+def _initial_state(run: train_loop.Run) -> steps.TrainState:
   """The model's initial (or pretrained) weights and optimiser, replicated."""
   config, dataset, mesh = run.config, run.dataset, run.mesh
   model = models.create(config.model.name, config.dataset.num_classes,
@@ -131,17 +128,17 @@ def _initial_state(run: context.Run) -> steps.TrainState:
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   dummy = jnp.zeros((1, dataset.pre.size, dataset.pre.size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False),
-                      out_shardings=sharding.replicated(mesh))(init_rng, dummy)
+                      out_shardings=multihost.replicated(mesh))(init_rng, dummy)
   if config.model.pretrained:
-    from danil_jax import weights  # torch-free, but only needed here
+    from danil_jax.models import weights  # torch-free, but only needed here
     variables = weights.merge_pretrained(
         variables, weights.load(config.model.name, config.model.pretrained),
         head=dataset.model_info.head)
     # Each host loaded the same file: replicate without comparing copies.
-    variables = sharding.replicate(variables, mesh)
+    variables = multihost.replicate(variables, mesh)
   tx = steps.make_optimizer(config.optim, dataset.steps_per_epoch,
                             config.num_epochs)
-  return sharding.replicate(
+  return multihost.replicate(
       steps.create_train_state(model, variables, tx, state_rng,
                                ema=config.optim.ema_decay > 0), mesh)
 
@@ -158,14 +155,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = _check_and_pin(config, workdir, is_chief)
 
   # ----------------------------------------------------------------- data --
-  run = context.Run(config, workdir, is_chief, mesh,
+  run = train_loop.Run(config, workdir, is_chief, mesh,
                     _open_data(config, is_chief))
 
   # ----------------------------------------------- model and optimiser --
   state = _initial_state(run)
 
   # ------------------------------------------------------- compiled steps --
-  replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+  replicated, data = multihost.replicated(mesh), multihost.data_sharding(mesh)
   loss_kw = dict(lam=config.danil.lam, eps=config.danil.eps,
                  reduction=config.danil.reduction,
                  misclassified_only=config.danil.misclassified_only,
@@ -187,7 +184,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      if config.eval.tta != 'none' else eval_step)
 
   # ----------------------------------------------------------- evaluation --
-  evaluate = context.Evaluation(run, eval_step, final_eval_step)
+  evaluate = train_loop.Evaluation(run, eval_step, final_eval_step)
 
   # --------------------------------------------------------------- resume --
   state, outputs = _resume(run, state, evaluate)
@@ -213,7 +210,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 # ----------------------------------------------------------------- resume --
 
 
-def _resume(run: context.Run, state, evaluate: context.Evaluation):
+def _resume(run: train_loop.Run, state, evaluate: train_loop.Evaluation):
   """(state at the latest checkpoint, or as given; the run's outputs), the
   logs cut back to that step."""
   config, workdir = run.config, run.workdir
@@ -226,7 +223,7 @@ def _resume(run: context.Run, state, evaluate: context.Evaluation):
   start_step = int(state.step)
   log = run_log.MetricsLog(workdir, enabled=run.is_chief)
   log.truncate_after(start_step)
-  tensorboard = tb_writer.ScalarWriter(workdir, enabled=run.is_chief,
+  tensorboard = run_log.ScalarWriter(workdir, enabled=run.is_chief,
                                        start_step=start_step)
   best_manager = (best_checkpoint.make_manager(workdir, evaluate.select_by)
                   if evaluate.val_split else None)
@@ -234,15 +231,16 @@ def _resume(run: context.Run, state, evaluate: context.Evaluation):
     logging.info('resumed from the checkpoint at step %d', start_step)
     if run.is_chief:
       print(f'Resuming from step {start_step} in {workdir}', flush=True)
-  return state, context.Outputs(manager, best_manager, log, tensorboard)
+  return state, train_loop.Outputs(manager, best_manager, log, tensorboard)
 
 
 # ----------------------------------------------------------------- report --
 
 
-def _final_evaluations(run: context.Run, state, step: int,
-                       last_epoch: context.Scored | None,
-                       evaluate: context.Evaluation, outputs: context.Outputs):
+def _final_evaluations(run: train_loop.Run, state, step: int,
+                       last_epoch: train_loop.Scored | None,
+                       evaluate: train_loop.Evaluation,
+                       outputs: train_loop.Outputs):
   """({'last': Scored[, 'last_<other weights>': Scored][, 'best': Scored]}
   on eval_split, the best model's select_by value or None).
 
@@ -255,12 +253,12 @@ def _final_evaluations(run: context.Run, state, step: int,
   """
   test_split = run.config.dataset.eval_split
   reuse = None if last_epoch is None else last_epoch.predictions
-  finals, best_value = {'last': context.Scored(
+  finals, best_value = {'last': train_loop.Scored(
       step, *evaluate.final(state, test_split, reuse=reuse),
       weights=evaluate.weights)}, None
   if state.ema is not None:
     other = 'raw' if evaluate.weights == 'ema' else 'ema'
-    finals[f'last_{other}'] = context.Scored(
+    finals[f'last_{other}'] = train_loop.Scored(
         step, *evaluate.final(state, test_split, weights=other),
         weights=other)
   if evaluate.val_split:
@@ -271,15 +269,15 @@ def _final_evaluations(run: context.Run, state, step: int,
           state, best_checkpoint.restore_state(
               outputs.best_manager.directory, best_step,
               steps.state_to_checkpoint(state)))
-      finals['best'] = context.Scored(best_step,
+      finals['best'] = train_loop.Scored(best_step,
                                       *evaluate.final(best_state, test_split),
                                       weights=evaluate.weights)
   return finals, best_value
 
 
-def _write_final_report(run: context.Run, step: int, finals: dict,
-                        best_value, evaluate: context.Evaluation,
-                        outputs: context.Outputs) -> None:
+def _write_final_report(run: train_loop.Run, step: int, finals: dict,
+                        best_value, evaluate: train_loop.Evaluation,
+                        outputs: train_loop.Outputs) -> None:
   """eval_split's scores, each also written to WORKDIR/eval/<split>_<name>/
   as the `evaluate` command writes it, to final_metrics.json and stdout;
   each names its model (checkpoint) and weights."""

@@ -5,31 +5,149 @@ DANIL's gradient share), a checkpoint every config.checkpoint_every_steps, and
 a stop, checkpointed, on preemption or too many non-finite steps in a row.
 Per epoch: the evaluation record, the best model kept, the curves plotted and
 a checkpoint.
+
+The parts of one run that the trainer's stages share live here too: `Run`
+holds the config, workdir, devices and data set; `Evaluation` scores a split
+with the compiled eval step; `Outputs` are the checkpoints and logs a run
+writes; `Scored` is one model's predictions and report.
 """
 
+import dataclasses
 import functools
 import time
+from typing import Any
 
+from etils import epath
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from danil_jax import best_checkpoint
-from danil_jax import checkpointing
-from danil_jax import faults
-from danil_jax import metrics as metrics_lib
-from danil_jax import plots
-from danil_jax import sharding
-from danil_jax import steps
-from danil_jax import train_context as context
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.evaluation import metrics as metrics_lib
+from danil_jax.evaluation import plots
+from danil_jax.evaluation import scoring as evaluation
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import ema
+from danil_jax.runtime import faults
+from danil_jax.runtime import input_pipeline
+from danil_jax.runtime import multihost
+from danil_jax.runtime import run_log
+from danil_jax.runtime import steps
 
+# What a run's stages share.
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """The data set as a run reads it, and the run's length in steps."""
+  builder: Any  # a tfds DatasetBuilder
+  class_names: list[str]
+  train_source: Any
+  pre: input_pipeline.Preprocessing
+  model_info: Any  # models.info of config.model.name
+  steps_per_epoch: int
+  total_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What the parts of one run share."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  is_chief: bool
+  mesh: jax.sharding.Mesh
+  dataset: Data
+
+
+class Evaluation:
+  """Scores a split with the compiled eval step: (predictions, report).
+
+  With a validation split, every epoch scores it and keeps the best model
+  by `select_by`; the final report scores eval_split with best and last.
+  Without (the paper's protocol), every epoch scores eval_split. With a
+  weight EMA the `weights` of ema.default_weights are scored unless told
+  otherwise (the best model is kept by them). `final` is the final report's
+  evaluation: with config.eval.tta, and calibrated by a temperature fitted
+  on the validation split.
+  """
+
+  def __init__(self, run: Run, eval_step, final_eval_step=None):
+    self._run, self._eval_step = run, eval_step
+    self._final_eval_step = final_eval_step or eval_step
+    self.val_split = evaluation.validation_split(
+        run.config, run.dataset.builder.info.splits)
+    self.epoch_split = self.val_split or run.config.dataset.eval_split
+    self.select_by = evaluation.select_by(run.config)
+    self.weights = ema.default_weights(run.config)
+    self.tta = run.config.eval.tta
+    self._split_metadata = {}
+
+  def _predict(self, eval_step, state, split: str, tta: str,
+               weights: str | None):
+    config, dataset = self._run.config, self._run.dataset
+    state = ema.select(state, weights or self.weights)
+    if split not in self._split_metadata:
+      self._split_metadata[split] = evaluation.read_metadata(dataset.builder,
+                                                             split)
+    return evaluation.predict_split(
+        eval_step, state, dataset.builder.as_data_source(split),
+        pre=dataset.pre, global_batch_size=config.input.eval_batch_size,
+        mesh=self._run.mesh, metadata=self._split_metadata[split],
+        num_workers=config.input.num_workers, tta=tta)
+
+  def _report(self, predictions):
+    return predictions, evaluation.report(
+        predictions, self._run.dataset.class_names, self._run.config.eval)
+
+  def __call__(self, state, split: str, weights: str | None = None):
+    return self._report(self._predict(self._eval_step, state, split, 'none',
+                                      weights))
+
+  def final(self, state, split: str, reuse=None, weights: str | None = None):
+    """The final report on `split` with `weights` (default self.weights);
+    `reuse`: this state's predictions on `split` with self.weights and
+    without TTA, if at hand (used when there is nothing to add)."""
+    if (reuse is not None and self.tta == 'none' and not self.val_split
+        and weights in (None, self.weights)):
+      return self._report(evaluation.calibrate(reuse, None))
+    return self._report(evaluation.predict_calibrated(
+        lambda s: self._predict(self._final_eval_step, state, s, self.tta,
+                                weights),
+        split, self.val_split))
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+  """What a run writes into its workdir besides the final report."""
+  manager: Any  # orbax CheckpointManager of the latest checkpoints
+  best_manager: Any  # of the best model by select_by; None without val split
+  log: run_log.MetricsLog
+  tensorboard: run_log.ScalarWriter
+
+  def close(self) -> None:
+    self.tensorboard.close()
+    if self.best_manager is not None:
+      self.best_manager.close()
+    self.manager.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+  """A model's step and its predictions and report on a split."""
+  step: int
+  predictions: Any
+  report: dict
+  weights: str = 'raw'  # 'ema' or 'raw' (ema.py)
+
+
+# The loop.
 
 class _ProgressBar:
   """An epoch's tqdm bar showing the loss, L_d, misclassified share and
   images/s every few steps."""
 
-  def __init__(self, run: context.Run, step: int, epoch_end: int):
+  def __init__(self, run: Run, step: int, epoch_end: int):
     steps_per_epoch = run.dataset.steps_per_epoch
     epoch = step // steps_per_epoch
     self._bar = tqdm(total=epoch_end - epoch * steps_per_epoch,
@@ -59,7 +177,7 @@ class _ProgressBar:
 class _TrainRecords:
   """Train records: the means of the step metrics since the last record."""
 
-  def __init__(self, run: context.Run, outputs: context.Outputs,
+  def __init__(self, run: Run, outputs: Outputs,
                start_step: int):
     self._run, self._outputs = run, outputs
     self._pending, self._time, self._step = [], time.time(), start_step
@@ -89,8 +207,8 @@ class TrainingLoop:
   """Trains epoch by epoch, evaluating, checkpointing and logging; stops on
   preemption or too many non-finite steps in a row."""
 
-  def __init__(self, run: context.Run, train_step, gradient_share,
-               evaluate: context.Evaluation, outputs: context.Outputs,
+  def __init__(self, run: Run, train_step, gradient_share,
+               evaluate: Evaluation, outputs: Outputs,
                preemption: faults.PreemptionGuard):
     self._run = run
     self._train_step, self._gradient_share = train_step, gradient_share
@@ -128,7 +246,7 @@ class TrainingLoop:
     bar = _ProgressBar(self._run, step, epoch_end)
     while step < epoch_end:
       self._stop_if_preempted(state, step)
-      batch = sharding.global_batch(next(train_iter), self._run.mesh)
+      batch = multihost.global_batch(next(train_iter), self._run.mesh)
       log_now = (step + 1) % config.log_every_steps == 0
       share = (self._gradient_share(state, batch)
                if log_now and config.method == 'danil' else None)
@@ -146,7 +264,7 @@ class TrainingLoop:
     bar.close()
     return state, step
 
-  def _end_epoch(self, state, step: int) -> context.Scored:
+  def _end_epoch(self, state, step: int) -> Scored:
     """Scores the epoch's split, keeps the best model, plots, checkpoints."""
     run, evaluate, outputs = self._run, self._evaluate, self._outputs
     config, select_by = run.config, evaluate.select_by
@@ -174,7 +292,7 @@ class TrainingLoop:
             + metrics_lib.format_headline(report, config.eval.headline)
             + f" loss {report['loss']:.4f}", flush=True)
     checkpointing.save(outputs.manager, step, steps.state_to_checkpoint(state))
-    return context.Scored(step, predictions, report)
+    return Scored(step, predictions, report)
 
   def _stop_if_preempted(self, state, step: int):
     """On SIGTERM/SIGINT (any process): checkpoint at `step` and exit."""

@@ -7,7 +7,9 @@ import sys
 from data_prep import build
 from data_prep import testing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 
 
 def test_builds_then_reuses_then_rebuilds(tmp_path, capsys):

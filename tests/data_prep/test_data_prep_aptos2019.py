@@ -5,8 +5,8 @@ import os
 import zipfile
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from data_prep import common
 from data_prep import testing

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from danil_jax import calibration
-from danil_jax import evaluation
+from danil_jax.evaluation import calibration
+from danil_jax.evaluation import scoring as evaluation
 
 
 def _ece_by_loop(labels, probabilities, num_bins=15):

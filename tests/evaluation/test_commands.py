@@ -12,17 +12,19 @@ import sys
 import jax
 import numpy as np
 import optax
-import pytest
 from PIL import Image
+import pytest
 
 from configs import crc_msi
 from configs import demo
-from danil_jax import augment
-from danil_jax import train
-from danil_jax import trained_run
+from danil_jax.evaluation import trained_run
+from danil_jax.runtime import augment
+from danil_jax.trainer import train
 from data_prep import testing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 VALIDATION = 'train[2000:2100]'
 
 

@@ -9,16 +9,16 @@ import optax
 import pytest
 from sklearn import metrics as skm
 
-import data_prep
 from configs import default
-from danil_jax import augment
-from danil_jax import best_checkpoint
-from danil_jax import evaluation
-from danil_jax import input_pipeline
-from danil_jax import intrinsic_maps
-from danil_jax import sharding
-from danil_jax import steps
-from danil_jax import tb_writer
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.evaluation import scoring as evaluation
+from danil_jax.method import intrinsic_maps
+from danil_jax.runtime import augment
+from danil_jax.runtime import input_pipeline
+from danil_jax.runtime import multihost
+from danil_jax.runtime import run_log
+from danil_jax.runtime import steps
+import data_prep
 
 
 class _Linear(nn.Module):
@@ -62,7 +62,7 @@ def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):
   variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))
   state = steps.create_train_state(model, variables, optax.sgd(0.1),
                                    jax.random.PRNGKey(0))
-  mesh = sharding.make_mesh()
+  mesh = multihost.make_mesh()
   predictions = evaluation.predict_split(
       jax.jit(steps.eval_step), state, source, pre=pre, global_batch_size=16,
       mesh=mesh, metadata=evaluation.read_metadata(demo_builder, split))
@@ -161,9 +161,6 @@ def test_response_maps_equal_two_separate_grads(has_aux):
                                atol=1e-7)
     assert float(maps['distance'][i]) == pytest.approx(
         float(jnp.sum((a_plus - a_minus) ** 2)), rel=1e-5)
-  np.testing.assert_allclose(
-      intrinsic_maps.magnitude(maps['a_plus']),
-      np.linalg.norm(np.asarray(maps['a_plus']), axis=-1), rtol=1e-6)
 
 
 # --- Best checkpoint. --------------------------------------------------------
@@ -226,7 +223,7 @@ def _read_events(logdir):
 
 
 def test_tensorboard_events_read_back_and_resume_purges(tmp_path):
-  writer = tb_writer.ScalarWriter(str(tmp_path))
+  writer = run_log.ScalarWriter(str(tmp_path))
   for step in (1, 2, 3, 4):
     writer.write(dict(kind='train', step=step, loss=1.0 / step, ce=0.5))
   writer.write(dict(kind='eval', step=4, split='validation', epoch=1.0,
@@ -242,7 +239,7 @@ def test_tensorboard_events_read_back_and_resume_purges(tmp_path):
   assert 'validation/per_class_f1/b' not in events
   # Resumed from step 2: steps 3 and 4 are written again; TensorBoard shows
   # the new values only.
-  writer = tb_writer.ScalarWriter(str(tmp_path), start_step=2)
+  writer = run_log.ScalarWriter(str(tmp_path), start_step=2)
   for step in (3, 4):
     writer.write(dict(kind='train', step=step, loss=10.0 * step, ce=0.5))
   writer.close()

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from danil_jax import metrics
+from danil_jax.evaluation import metrics
 
 NAMES = ['a', 'b', 'c', 'd']
 
@@ -197,7 +197,10 @@ def test_benchmark_report_follows_the_config():
 
 
 def test_dataset_configs_name_headline_metrics_the_report_has():
-  from configs import aptos2019, crc_msi, demo, ham10000
+  from configs import aptos2019
+  from configs import crc_msi
+  from configs import demo
+  from configs import ham10000
   keys = set(metrics.classification_report(
       np.array([0, 1]), np.eye(2), ['x', 'y'])) | {
           'loss', 'quadratic_kappa', 'patient_auroc',

@@ -22,13 +22,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import portpicker
 import pytest
-from PIL import Image
-
-import data_prep
-from danil_jax import trained_run
 import test_multihost as jobs
+
+from danil_jax.evaluation import trained_run
+import data_prep
 
 VALIDATION = 'train[2000:2100]'
 EPOCHS, STEPS_PER_EPOCH = 3, 4
@@ -138,11 +138,12 @@ def test_validation_and_best_checkpoint_on_two_processes(trained):
 BEST = '''
 import sys
 import jax, ml_collections, numpy as np
-from danil_jax import best_checkpoint, multihost, sharding
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.runtime import multihost
 multihost.initialize(ml_collections.ConfigDict(dict(
     coordinator_address=sys.argv[1], num_processes=2,
     process_id=int(sys.argv[2]))))
-state = sharding.replicate({'w': np.arange(4.0)}, sharding.make_mesh())
+state = multihost.replicate({'w': np.arange(4.0)}, multihost.make_mesh())
 manager = best_checkpoint.make_manager(sys.argv[3], 'accuracy')
 # At step 2 process 1's accuracy is a hair above process 0's (another CPU's
 # rounding): a tie on process 0, better on process 1.
@@ -172,8 +173,9 @@ def _script(source, tmp_path, name, *args, devices=1,
 def test_a_tie_while_the_last_save_is_in_flight_keeps_the_first(tmp_path):
   """One process: with asynchronous saves orbax read the kept value back
   before it was written (None, which any value beat)."""
-  from danil_jax import best_checkpoint, sharding  # pylint: disable=g-import-not-at-top
-  state = sharding.replicate({'w': np.arange(4.0)}, sharding.make_mesh())
+  # pylint: disable-next=g-import-not-at-top
+  from danil_jax.evaluation import best_checkpoint
+  state = multihost.replicate({'w': np.arange(4.0)}, multihost.make_mesh())
   manager = best_checkpoint.make_manager(tmp_path, 'loss')
   decisions = [best_checkpoint.maybe_save(manager, 'loss', step, state, value)
                for step, value in ((1, 0.5), (2, 0.5), (3, 0.75), (4, 0.25))]
@@ -204,12 +206,15 @@ def mode_steps(mesh) -> dict:
   numpy, keyed '<dtype>/<count>/<name>'."""
   # pylint: disable=g-import-not-at-top
   import functools
+
   import optax
-  from danil_jax import sharding, steps
-  from test_misclassified_only import _Net, _labels_with
+  from test_misclassified_only import _labels_with
+  from test_misclassified_only import _Net
+
+  from danil_jax.runtime import steps
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 6, 6, 2), jnp.float32)
   variables = _Net().init(jax.random.PRNGKey(1), x, train=False)
-  replicated, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
+  replicated, data = multihost.replicated(mesh), multihost.data_sharding(mesh)
   per_process = 16 // jax.process_count()
   mine = slice(jax.process_index() * per_process,
                (jax.process_index() + 1) * per_process)
@@ -219,7 +224,7 @@ def mode_steps(mesh) -> dict:
     # y- of the step: the model's train-mode prediction.
     pred = jnp.argmax(model.apply(variables, x, train=True,
                                   mutable=['batch_stats'])[0], -1)
-    state = sharding.replicate(steps.create_train_state(
+    state = multihost.replicate(steps.create_train_state(
         model, variables, optax.sgd(1.0), jax.random.PRNGKey(2)), mesh)
     step = jax.jit(functools.partial(
         steps.train_step, method='danil', lam=1.0, eps=1e-4,
@@ -228,7 +233,7 @@ def mode_steps(mesh) -> dict:
                    out_shardings=(replicated, replicated))
     for count in (0, 1, 5):
       labels = np.asarray(_labels_with(pred, count))
-      batch = sharding.global_batch(
+      batch = multihost.global_batch(
           {'image': np.asarray(x)[mine], 'label': labels[mine]}, mesh)
       new_state, metrics = jax.device_get(step(state, batch))
       for key in ('loss', 'ce', 'distraction', 'bucket', 'misclassified'):
@@ -245,12 +250,12 @@ MODE_STEPS = '''
 import sys
 import ml_collections, numpy as np
 sys.path.insert(0, 'tests')
-from danil_jax import multihost, sharding
+from danil_jax.runtime import multihost
 multihost.initialize(ml_collections.ConfigDict(dict(
     coordinator_address=sys.argv[1], num_processes=2,
     process_id=int(sys.argv[2]))))
 import test_multihost_eval
-out = test_multihost_eval.mode_steps(sharding.make_mesh())
+out = test_multihost_eval.mode_steps(multihost.make_mesh())
 if multihost.is_chief():
   np.savez(sys.argv[3], **out)
 '''

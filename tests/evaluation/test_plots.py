@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from danil_jax import plots
+from danil_jax import plots as plots_command
+from danil_jax.evaluation import plots
 
 
 def test_draws_every_panel_into_a_png(tmp_path):
@@ -30,5 +31,5 @@ def test_a_log_without_danil_metrics_still_plots(tmp_path):
 def test_command_line_names_a_run_without_metrics(tmp_path, capsys):
   import pytest
   with pytest.raises(SystemExit):
-    plots.main([f'--workdir={tmp_path}'])
+    plots_command.main([f'--workdir={tmp_path}'])
   assert 'no metrics' in capsys.readouterr().err

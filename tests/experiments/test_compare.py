@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from danil_jax import compare
-from danil_jax import comparison
+from danil_jax.experiments import comparison
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 
 
 def test_mean_sample_sd_and_paired_difference():
@@ -35,7 +37,8 @@ def test_mean_sample_sd_and_paired_difference():
   table = comparison.format_summary(summary)
   assert '0.6750 +- 0.1768 (+0.0750 +- 0.0354)' in table
   # The interval: mean +- t(0.975, 1 df) * sd / sqrt(2), t from a printed
-  # table (tests/test_comparison_stats.py checks the detectable effect).
+  # table (tests/experiments/test_comparison_stats.py checks the detectable
+  # effect).
   half = 12.7062 * 0.025
   assert f1['minus_base']['ci95'] == pytest.approx(
       [0.075 - half, 0.075 + half], abs=1e-5)

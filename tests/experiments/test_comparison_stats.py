@@ -10,7 +10,7 @@ import pytest
 from scipy import integrate
 from scipy import stats
 
-from danil_jax import paired_stats as ps
+from danil_jax.experiments import paired_stats as ps
 
 # Two-sided 97.5% quantiles of Student's t, from a printed table.
 T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}

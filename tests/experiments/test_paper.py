@@ -12,13 +12,15 @@ import sys
 import numpy as np
 import pytest
 
+from danil_jax.experiments import paper_grid
+from danil_jax.experiments import paper_numbers as pn
+from danil_jax.experiments import paper_tables
 import data_prep
-from danil_jax import paper_grid
-from danil_jax import paper_numbers as pn
-from danil_jax import paper_tables
 from data_prep import testing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 PAPER_TEXT = os.environ.get('DANIL_PAPER_TEXT',
                             '/work/shared/seeds/000_3819504b3d0a324c.txt')
 DATASETS = ('ham10000', 'aptos2019', 'crc_msi')

@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from danil_jax import losses
+from danil_jax.method import losses
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 LAM, EPS = 0.5, 1e-4
 
 
@@ -169,7 +171,7 @@ def test_flax_nnx_model_with_batch_norm():
 _SHARD_MAP_SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, PartitionSpec as P
-    from danil_jax import losses
+    from danil_jax.method import losses
     from tests import test_loss_in_jax_code as t
     assert jax.device_count() == 2, jax.devices()
     shard_map = getattr(jax, 'shard_map', None)

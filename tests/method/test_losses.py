@@ -3,13 +3,13 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import optax
 import pytest
-from jax.test_util import check_grads
 
-from danil_jax import losses
-from danil_jax import steps
+from danil_jax.method import losses
+from danil_jax.runtime import steps
 
 
 def init_params(key, channels=3, width=4, num_classes=3, dtype=jnp.float32):

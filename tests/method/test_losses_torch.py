@@ -20,9 +20,9 @@ torch = pytest.importorskip(
 torchvision = pytest.importorskip('torchvision')
 F = torch.nn.functional
 
-from danil_jax import losses  # pylint: disable=g-import-not-at-top
 from danil_jax import models  # pylint: disable=g-import-not-at-top
-from danil_jax import weights  # pylint: disable=g-import-not-at-top
+from danil_jax.method import losses  # pylint: disable=g-import-not-at-top
+from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
 
 SIZE, BATCH, CLASSES, EPS = 64, 4, 4, 1e-4
 
@@ -31,8 +31,8 @@ def _condition(model, seed):
   """Random BN affine parameters with a positive bias offset (most ReLUs
   active) and small last-BN scales per residual branch: a freshly initialised
   deep BN-ReLU network is otherwise chaotic enough that float32 rounding
-  alone moves its double-backprop gradients by ~1e-3 (tests/test_weights.py
-  measures this)."""
+  alone moves its double-backprop gradients by ~1e-3
+  (tests/models/test_weights.py measures this)."""
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, m in model.named_modules():

@@ -1,4 +1,4 @@
-"""danil_jax.misclassified_only against a naive per-image reference.
+"""danil_jax.method.misclassified_only against a naive per-image reference.
 
 The reference takes, for every image alone, A+ and A- as two separate
 `jax.grad`s of the cross-entropy through the model with fixed (running)
@@ -12,17 +12,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import ml_collections
+import numpy as np
 import optax
 import pytest
 
 from configs import demo
-from danil_jax import config_checks
-from danil_jax import misclassified_only
-from danil_jax import run_config
-from danil_jax import steps
-from danil_jax import train
+from danil_jax.method import misclassified_only
+from danil_jax.runtime import config_checks
+from danil_jax.runtime import run_config
+from danil_jax.runtime import steps
+from danil_jax.trainer import train
 
 EPS = 1e-4
 CLASSES = 3

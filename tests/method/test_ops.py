@@ -1,16 +1,17 @@
-"""danil_jax.ops against the stock lax rules: values, first and second order."""
+"""danil_jax.method.ops against the stock lax rules: values, first and second
+order."""
 
 import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
-from danil_jax import losses
-from danil_jax import ops
-from danil_jax import weight_grads
+from danil_jax.method import losses
+from danil_jax.method import ops
+from danil_jax.method import weight_grads
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -122,7 +123,7 @@ def test_stock_rules_context_uses_lax():
   f = lambda x, w: jnp.sum(ops.conv_general_dilated(
       x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC) ** 2)
   custom = str(jax.make_jaxpr(jax.grad(f))(x, w))
-  with ops.stock_rules():
+  with ops.rules('stock'):
     stock = str(jax.make_jaxpr(jax.grad(f))(x, w))
   assert 'custom_vjp' in custom and 'custom_vjp' not in stock
 
@@ -222,7 +223,7 @@ def test_danil_gradient_of_a_model_equals_stock_rules():
 
   (value, ld), grads = _danil_value_and_grad(model, variables, x, labels,
                                              'distraction')
-  with ops.stock_rules():
+  with ops.rules('stock'):
     (value_ref, ld_ref), grads_ref = _danil_value_and_grad(
         model, variables, x, labels, 'distraction')
   assert float(ld_ref) > 0

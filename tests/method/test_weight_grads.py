@@ -1,11 +1,12 @@
-"""danil_jax.weight_grads against JAX's stock weight gradient of a conv."""
+"""danil_jax.method.weight_grads against JAX's stock weight gradient of a
+conv."""
 
 import jax
 from jax import lax
 import numpy as np
 import pytest
 
-from danil_jax import weight_grads
+from danil_jax.method import weight_grads
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 
 from danil_jax import models
-from danil_jax import weights
+from danil_jax.models import weights
 
 torch = pytest.importorskip(
     'torch', reason='building reference checkpoints needs torch (pip install '
     '"danil_jax[torch]")')
 torchvision = pytest.importorskip('torchvision')
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
@@ -162,7 +164,7 @@ def test_trainer_fine_tunes_from_a_converted_checkpoint(tmp_path, monkeypatch,
                                                         resnet_state):
   """--config.model.pretrained=DIR: 1000-class weights, 4-class demo task."""
   from configs import demo  # pylint: disable=g-import-not-at-top
-  from danil_jax import train  # pylint: disable=g-import-not-at-top
+  from danil_jax.trainer import train  # pylint: disable=g-import-not-at-top
   checkpoint = str(tmp_path / 'resnet50.pth')
   torch.save(resnet_state, checkpoint)
   weights.convert_file('resnet50', checkpoint, str(tmp_path / 'pretrained'))

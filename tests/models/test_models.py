@@ -11,9 +11,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import plain_jax_models
 import pytest
 
-import plain_jax_models
 from danil_jax import models
 
 BACKBONES = ('resnet50', 'vgg11', 'vgg11_bn', 'inception_v4',

@@ -30,7 +30,7 @@ timm = pytest.importorskip('timm')
 F = torch.nn.functional
 
 from danil_jax import models  # pylint: disable=g-import-not-at-top
-from danil_jax import weights  # pylint: disable=g-import-not-at-top
+from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
 
 # arch -> (torch builder, input size, batch). inception_v4 runs at 107, not its
 # minimum 75: at 75 its last stage is 1x1, so train-mode BN there averages
@@ -259,7 +259,7 @@ def resnet50_danil_gradients():
   so that the distraction term's gradient is as large as the CE term's, so a
   wrong second-order path cannot hide behind lam = 1e-5.
   """
-  from danil_jax import losses  # pylint: disable=g-import-not-at-top
+  from danil_jax.method import losses  # pylint: disable=g-import-not-at-top
   size, batch, classes, eps = 64, 2, 4, 1e-4
   torch.manual_seed(3)
   tmodel = torchvision.models.resnet50(weights=None, num_classes=classes)

@@ -1,9 +1,10 @@
-"""danil_jax.augment: shapes, determinism, exactness of each component."""
+"""danil_jax.runtime.augment: shapes, determinism, exactness of each
+component."""
 
 import numpy as np
 import pytest
 
-from danil_jax import augment
+from danil_jax.runtime import augment
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -77,7 +78,10 @@ def test_central_box_keeps_the_aspect_ratio_in_range():
 
 def test_colour_jitter_matches_the_three_step_definition():
   image = _image(24, 32)
-  out = augment.colour_jitter(image, np.random.default_rng(3), strength=0.3)
+  # train_transform's jitter: brightness, contrast, saturation in [1-s, 1+s].
+  matrix, offset = augment._jitter_affine(image, np.random.default_rng(3), 0.3)
+  out = augment._colour_affine(image, matrix, offset, (0, 0, 0),
+                               (1 / 255,) * 3)
   b, c, s = np.random.default_rng(3).uniform(0.7, 1.3, size=3)
   luma = np.array([0.299, 0.587, 0.114])
   x = image * b

@@ -58,7 +58,7 @@ def test_without_a_manual_dir_the_tfds_default_is_named(tmp_path):
 
 def test_crc_msi_config_trains_on_the_dummy_data(tmp_path):
   """configs/crc_msi.py, shrunk to a tiny model, builds and trains."""
-  train = pytest.importorskip('danil_jax.train')
+  train = pytest.importorskip('danil_jax.trainer.train')
   config = _config('crc_msi')
   config.dataset.manual_dir = testing.dummy_dir('crc_msi')
   config.dataset.data_dir = str(tmp_path / 'data')
@@ -83,7 +83,8 @@ def test_crc_msi_config_trains_on_the_dummy_data(tmp_path):
 def test_trainer_without_the_archives_exits_with_the_instructions(tmp_path):
   import subprocess
   import sys
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
   result = subprocess.run(
       [sys.executable, '-m', 'danil_jax.main', '--config=configs/crc_msi.py',
        f'--workdir={tmp_path / "work"}',

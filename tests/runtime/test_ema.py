@@ -1,9 +1,9 @@
-"""The weight EMA (danil_jax/ema.py) against a numpy EMA of the weights.
+"""The weight EMA (danil_jax/runtime/ema.py) against a numpy EMA of the weights.
 
 The reference is the recursion written out in float64 over the weight
 trajectory the steps (or the trainer's checkpoints) produced:
 e_0 = w_0, e_{t+1} = d_t e_t + (1 - d_t) w_{t+1}, d_t = min(d, (1+t)/(10+t)).
-Resuming keeps the average bit for bit: tests/test_faults.py kills a run
+Resuming keeps the average bit for bit: tests/runtime/test_faults.py kills a run
 with it and compares the rerun's final checkpoint, average included.
 """
 
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,25 +21,26 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags
 
-import data_prep
 from configs import demo
-from danil_jax import augment
-from danil_jax import checkpointing
-from danil_jax import config_checks
-from danil_jax import ema
 from danil_jax import models
-from danil_jax import steps
-from danil_jax import train
-from danil_jax import trained_run
+from danil_jax.evaluation import trained_run
 from danil_jax.models import layers
+from danil_jax.runtime import augment
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import config_checks
+from danil_jax.runtime import ema
+from danil_jax.runtime import steps
+from danil_jax.trainer import train
+import data_prep
 from tests import test_faults
 
 if not flags.FLAGS.is_parsed():  # grain reads absl flags
   flags.FLAGS.mark_as_parsed()
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 
 
 def numpy_decay(decay, t):

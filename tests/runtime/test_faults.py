@@ -17,27 +17,29 @@ import signal
 import subprocess
 import sys
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from absl import flags
 
 from configs import demo
-from danil_jax import checkpointing
-from danil_jax import config_checks
-from danil_jax import faults
 from danil_jax import models
-from danil_jax import run_config
-from danil_jax import steps
-from danil_jax import train
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import config_checks
+from danil_jax.runtime import faults
+from danil_jax.runtime import run_config
+from danil_jax.runtime import steps
+from danil_jax.trainer import train
 
 # grain's workers read absl flags, parsed by `app.run` in the commands.
 if not flags.FLAGS.is_parsed():
   flags.FLAGS.mark_as_parsed()
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 TOTAL_STEPS = 8  # 2 epochs of 4 steps
 
 OVERRIDES = {
@@ -70,7 +72,9 @@ import orbax.checkpoint as ocp
 def main():
   sys.path.insert(0, os.environ['REPO'])
   from tests import test_faults
-  from danil_jax import faults, steps, train
+  from danil_jax.runtime import faults
+  from danil_jax.runtime import steps
+  from danil_jax.trainer import train
   workdir, data_dir, point, at, overrides = sys.argv[1:6]
   at = int(at)
   config = test_faults.make_config(data_dir, **json.loads(overrides))
@@ -94,7 +98,7 @@ def main():
     # Each checkpoint committed before training goes on, so the kill point
     # (and the step the rerun resumes from) does not depend on how fast the
     # async save was on a loaded machine.
-    from danil_jax import checkpointing
+    from danil_jax.runtime import checkpointing
     original_checkpoint_save = checkpointing.save
     def save(manager, *args, **kw):
       original_checkpoint_save(manager, *args, **kw)
@@ -209,7 +213,7 @@ def reference_ema(tmp_path_factory, data_dir):
 
 
 # A decay the warm-up caps from step 3 on; the average is checkpointed with
-# the weights and must resume bit for bit too (tests/test_ema.py).
+# the weights and must resume bit for bit too (tests/runtime/test_ema.py).
 EMA = {'optim.ema_decay': 0.3}
 
 
@@ -454,7 +458,7 @@ def test_truncated_last_metrics_line_is_dropped_and_the_run_resumes(
 
 
 def test_metrics_log_drops_only_a_torn_last_line(tmp_path):
-  from danil_jax import run_log
+  from danil_jax.runtime import run_log
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
                   '{"step": 3, "lo')
@@ -548,7 +552,7 @@ def test_split_names_of_tfds_expressions():
 
 
 def test_missing_or_damaged_pretrained_weights_are_named(tmp_path, data_dir):
-  from danil_jax import weights
+  from danil_jax.models import weights
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(weights.ConversionError,
                      match='pretrained weights directory .*nowhere.* does not '

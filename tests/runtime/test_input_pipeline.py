@@ -1,10 +1,10 @@
 """Global batches are a function of (seed, step): the same on 1 host or N."""
 
+from absl import flags
 import numpy as np
 import pytest
-from absl import flags
 
-from danil_jax import input_pipeline
+from danil_jax.runtime import input_pipeline
 
 NUM_RECORDS, GLOBAL_BATCH = 22, 4  # 5 steps an epoch, 2 records dropped
 PRE = input_pipeline.Preprocessing(size=8, mean=(0.5, 0.5, 0.5),

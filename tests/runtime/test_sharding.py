@@ -7,27 +7,33 @@ import textwrap
 
 import numpy as np
 
-from danil_jax import sharding
+from danil_jax.runtime import multihost
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 ONE_STEP = textwrap.dedent('''
     import sys
     import jax, jax.numpy as jnp, numpy as np, optax
-    from danil_jax import models, sharding, steps
+    from danil_jax import models
+    from danil_jax.runtime import multihost
+    from danil_jax.runtime import steps
     assert jax.device_count() == int(sys.argv[2]), jax.devices()
-    mesh = sharding.make_mesh()
+    mesh = multihost.make_mesh()
     model = models.create('small_resnet', 3, widths=(4, 8))
     x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
     labels = jnp.arange(8) % 3
     variables = model.init(jax.random.PRNGKey(0), x, train=False)
     state = steps.create_train_state(model, variables, optax.sgd(0.1),
                                      jax.random.PRNGKey(2))
-    state = sharding.replicate(state, mesh)
-    batch = sharding.global_batch({'image': np.asarray(x),
+    state = multihost.replicate(state, mesh)
+    batch = multihost.global_batch({'image': np.asarray(x),
                                    'label': np.asarray(labels)}, mesh)
     assert len(batch['image'].sharding.device_set) == jax.device_count()
     step = jax.jit(
         lambda s, b: steps.train_step(s, b, method='danil', lam=1.0),
-        in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)))
+        in_shardings=(multihost.replicated(mesh),
+                      multihost.data_sharding(mesh)))
     new_state, metrics = step(state, batch)
     assert float(metrics['misclassified']) > 0
     leaves = jax.tree_util.tree_leaves_with_path(
@@ -42,8 +48,7 @@ def _run_one_step(tmp_path, num_devices):
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
   subprocess.run([sys.executable, '-c', ONE_STEP, str(out), str(num_devices)],
-                 env=env, check=True, cwd=os.path.dirname(
-                     os.path.dirname(os.path.abspath(__file__))))
+                 env=env, check=True, cwd=REPO)
   return dict(np.load(out))
 
 
@@ -58,8 +63,8 @@ def test_one_step_is_the_same_on_1_and_4_devices(tmp_path):
 
 
 def test_batch_size_must_divide_over_devices():
-  mesh = sharding.make_mesh()
-  assert sharding.per_process_batch_size(8, mesh) == 8
+  mesh = multihost.make_mesh()
+  assert multihost.per_process_batch_size(8, mesh) == 8
 
 
 def test_batch_sizes_that_do_not_split_over_devices_are_named(tmp_path):
@@ -68,7 +73,7 @@ def test_batch_sizes_that_do_not_split_over_devices_are_named(tmp_path):
   script = textwrap.dedent(f'''
       import pytest
       from configs import demo
-      from danil_jax import train
+      from danil_jax.trainer import train
       config = demo.get_config()
       config.dataset.data_dir = {str(tmp_path / 'data')!r}
       config.input.eval_batch_size = 90
@@ -76,5 +81,4 @@ def test_batch_sizes_that_do_not_split_over_devices_are_named(tmp_path):
         train.train_and_evaluate(config, {str(tmp_path / 'work')!r})
   ''')
   subprocess.run([sys.executable, '-c', script], env=env, check=True,
-                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(
-                     __file__))))
+                 cwd=REPO)

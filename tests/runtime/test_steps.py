@@ -1,4 +1,4 @@
-"""Tests for danil_jax/steps.py: the skip of DANIL's double backprop."""
+"""Tests for danil_jax/runtime/steps.py: the skip of DANIL's double backprop."""
 
 import functools
 
@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from danil_jax import steps
 from danil_jax.models import layers
+from danil_jax.runtime import steps
 
 
 class _Net(nn.Module):

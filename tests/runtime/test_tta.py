@@ -7,10 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from danil_jax import evaluation
-from danil_jax import sharding
-from danil_jax import steps
-from danil_jax import tta
+from danil_jax.evaluation import scoring as evaluation
+from danil_jax.runtime import multihost
+from danil_jax.runtime import steps
+from danil_jax.runtime import tta
 
 
 class _Conv(nn.Module):
@@ -54,9 +54,9 @@ def test_tta_averages_probabilities_over_the_numpy_copies(mode):
   rng = np.random.default_rng(0)
   images = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
   labels = np.array([0, 1, 2, 3, 4, 0], np.int32)
-  mesh = sharding.make_mesh()
+  mesh = multihost.make_mesh()
   step = evaluation.jit_eval_step(mesh, mode)
-  out = jax.device_get(step(state, sharding.global_batch(
+  out = jax.device_get(step(state, multihost.global_batch(
       _batch(images, labels), mesh)))
 
   apply = jax.jit(lambda x: state.apply_fn(
@@ -80,7 +80,7 @@ def test_tta_averages_probabilities_over_the_numpy_copies(mode):
   assert np.abs(np.stack(logits_mean) - reference).max() > 1e-3
   # The copies differ: TTA changes the probabilities.
   plain = jax.device_get(evaluation.jit_eval_step(mesh)(
-      state, sharding.global_batch(_batch(images, labels), mesh)))
+      state, multihost.global_batch(_batch(images, labels), mesh)))
   assert np.abs(plain['probabilities'] - reference).max() > 1e-3
 
 
@@ -94,8 +94,8 @@ def test_tta_on_a_symmetric_image_equals_none(mode):
     for copy in _numpy_copies(image, mode):
       np.testing.assert_allclose(copy, image, atol=1e-6)
   state, labels = _state(), np.array([0, 1, 2], np.int32)
-  mesh = sharding.make_mesh()
-  batch = sharding.global_batch(_batch(images, labels), mesh)
+  mesh = multihost.make_mesh()
+  batch = multihost.global_batch(_batch(images, labels), mesh)
   augmented = jax.device_get(evaluation.jit_eval_step(mesh, mode)(state,
                                                                   batch))
   plain = jax.device_get(evaluation.jit_eval_step(mesh)(state, batch))

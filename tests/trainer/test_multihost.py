@@ -20,9 +20,11 @@ import portpicker
 import pytest
 
 from configs import default
-from danil_jax import multihost
+from danil_jax.runtime import multihost
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 STEPS = 12
 # Bounds every wait: a hung job fails the test instead of stalling the suite.
 JOB_TIMEOUT_S = 600
@@ -187,11 +189,11 @@ REPLICATE = '''
 import sys
 import jax, jax.numpy as jnp, ml_collections, numpy as np
 from jax.experimental import multihost_utils
-from danil_jax import multihost, sharding
+from danil_jax.runtime import multihost
 multihost.initialize(ml_collections.ConfigDict(dict(
     coordinator_address=sys.argv[1], num_processes=2,
     process_id=int(sys.argv[2]))))
-mesh = sharding.make_mesh()
+mesh = multihost.make_mesh()
 assert mesh.size == 2 and jax.process_count() == 2
 
 def gather_check(*args, **kwargs):  # device_put's all-host comparison
@@ -200,14 +202,14 @@ def gather_check(*args, **kwargs):  # device_put's all-host comparison
 multihost_utils.assert_equal = gather_check
 tree = {'kernel': jnp.arange(6.0).reshape(2, 3), 'stats': np.ones(4),
         'step': 0}
-out = sharding.replicate(tree, mesh)
+out = multihost.replicate(tree, mesh)
 for leaf in jax.tree.leaves(out):
   assert leaf.sharding.is_fully_replicated and not leaf.is_fully_addressable
 np.testing.assert_array_equal(out['kernel'].addressable_data(0),
                               np.arange(6.0).reshape(2, 3))
 assert out['stats'].dtype == np.float32 and out['step'].dtype == np.int32
 try:  # the check replicate avoids is the one device_put makes
-  jax.device_put(tree['stats'], sharding.replicated(mesh))
+  jax.device_put(tree['stats'], multihost.replicated(mesh))
   sys.exit('device_put did not compare the hosts: the patch is stale')
 except AssertionError:
   print('replicated without comparing hosts')
@@ -271,7 +273,9 @@ def test_default_settings_leave_the_cluster_to_auto_detection(
 
 def test_bucket_workdirs_are_not_taken_for_local_paths(tmp_path, monkeypatch):
   # Pods have no shared disk: os.path.abspath made 'gs://b/run' '$PWD/gs:/b/run'.
-  from danil_jax import checkpointing, run_log  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from danil_jax.runtime import checkpointing
+  from danil_jax.runtime import run_log
   monkeypatch.chdir(tmp_path)
   assert os.fspath(checkpointing.absolute_path('gs://b/run')) == 'gs://b/run'
   assert os.fspath(run_log.MetricsLog('gs://b/run').path) == (

@@ -19,15 +19,23 @@ import time
 import portpicker
 import pytest
 
-from tests.test_multihost import (JOB_TIMEOUT_S, STEPS, assert_same_run,
-                                  checkpoint_steps, command, finish, read_log,
-                                  start)
+from tests.test_multihost import assert_same_run
+from tests.test_multihost import checkpoint_steps
+from tests.test_multihost import command
+from tests.test_multihost import finish
+from tests.test_multihost import JOB_TIMEOUT_S
+from tests.test_multihost import read_log
+from tests.test_multihost import start
+from tests.test_multihost import STEPS
 
 _DRIVER = r'''
 import os, signal, sys, time
 import numpy as np
 from absl import app
-from danil_jax import faults, main, sharding, train_loop
+from danil_jax.runtime import faults
+from danil_jax import main
+from danil_jax.runtime import multihost
+from danil_jax.trainer import train_loop
 
 delay = float(sys.argv.pop(1))  # seconds of sleep after each step
 poison = sys.argv.pop(1)  # 'PROCESS:STEP,STEP' or ''
@@ -57,7 +65,7 @@ if before:
 if poison:
   process, steps = poison.split(':')
   steps = {int(s) for s in steps.split(',')}
-  original_global_batch, calls = sharding.global_batch, []
+  original_global_batch, calls = multihost.global_batch, []
 
   def global_batch(local_batch, mesh):
     import jax
@@ -67,7 +75,7 @@ if poison:
                          image=np.full_like(local_batch['image'], np.nan))
     return original_global_batch(local_batch, mesh)
 
-  sharding.global_batch = global_batch
+  multihost.global_batch = global_batch
 
 if __name__ == '__main__':
   app.run(main.main)

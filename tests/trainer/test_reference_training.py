@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import plain_jax_models
 import pytest
 
-import plain_jax_models
 from configs import demo
 from danil_jax import models
-from danil_jax import steps
 from danil_jax.models import layers
+from danil_jax.runtime import steps
 
 NUM_STEPS = 6
 BATCH, SIZE, NUM_CLASSES = 8, 16, 4

@@ -8,16 +8,18 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 import pytest
-from absl import flags
 
-import data_prep
 from configs import demo
-from danil_jax import input_pipeline
-from danil_jax import train
+from danil_jax.runtime import input_pipeline
+from danil_jax.trainer import train
+import data_prep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+
+    os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
