@@ -237,7 +237,9 @@ def _stop_watcher() -> None:
       _watcher.join(timeout=5)
 
 
-# The mesh and the global batch.
+# ------------------------------------------ the mesh and the global batch --
+
+
 DATA_AXIS = 'data'
 
 

@@ -83,7 +83,9 @@ class MetricsLog:
     return records
 
 
-# TensorBoard events.
+# ----------------------------------------------------- TensorBoard events --
+
+
 TB_DIR = 'tensorboard'
 # Record fields that are not metrics.
 _SKIP = ('kind', 'step', 'split', 'model')

@@ -36,7 +36,8 @@ from danil_jax.runtime import multihost
 from danil_jax.runtime import run_log
 from danil_jax.runtime import steps
 
-# What a run's stages share.
+# ---------------------------------------------- what a run's stages share --
+
 
 @dataclasses.dataclass(frozen=True)
 class Data:
@@ -141,7 +142,8 @@ class Scored:
   weights: str = 'raw'  # 'ema' or 'raw' (ema.py)
 
 
-# The loop.
+# --------------------------------------------------------------- the loop --
+
 
 class _ProgressBar:
   """An epoch's tqdm bar showing the loss, L_d, misclassified share and

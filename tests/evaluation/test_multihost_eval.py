@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 import portpicker
 import pytest
-import test_multihost as jobs
+from tests.trainer import test_multihost as jobs
 
 from danil_jax.evaluation import trained_run
 import data_prep
@@ -173,8 +173,10 @@ def _script(source, tmp_path, name, *args, devices=1,
 def test_a_tie_while_the_last_save_is_in_flight_keeps_the_first(tmp_path):
   """One process: with asynchronous saves orbax read the kept value back
   before it was written (None, which any value beat)."""
-  # pylint: disable-next=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
   from danil_jax.evaluation import best_checkpoint
+  from danil_jax.runtime import multihost
+  # pylint: enable=g-import-not-at-top
   state = multihost.replicate({'w': np.arange(4.0)}, multihost.make_mesh())
   manager = best_checkpoint.make_manager(tmp_path, 'loss')
   decisions = [best_checkpoint.maybe_save(manager, 'loss', step, state, value)
@@ -208,9 +210,10 @@ def mode_steps(mesh) -> dict:
   import functools
 
   import optax
-  from test_misclassified_only import _labels_with
-  from test_misclassified_only import _Net
+  from tests.method.test_misclassified_only import _labels_with
+  from tests.method.test_misclassified_only import _Net
 
+  from danil_jax.runtime import multihost
   from danil_jax.runtime import steps
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 6, 6, 2), jnp.float32)
   variables = _Net().init(jax.random.PRNGKey(1), x, train=False)
@@ -249,12 +252,12 @@ def mode_steps(mesh) -> dict:
 MODE_STEPS = '''
 import sys
 import ml_collections, numpy as np
-sys.path.insert(0, 'tests')
+sys.path.insert(0, '.')
 from danil_jax.runtime import multihost
 multihost.initialize(ml_collections.ConfigDict(dict(
     coordinator_address=sys.argv[1], num_processes=2,
     process_id=int(sys.argv[2]))))
-import test_multihost_eval
+from tests.evaluation import test_multihost_eval
 out = test_multihost_eval.mode_steps(multihost.make_mesh())
 if multihost.is_chief():
   np.savez(sys.argv[3], **out)

@@ -172,7 +172,7 @@ _SHARD_MAP_SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, PartitionSpec as P
     from danil_jax.method import losses
-    from tests import test_loss_in_jax_code as t
+    from tests.method import test_loss_in_jax_code as t
     assert jax.device_count() == 2, jax.devices()
     shard_map = getattr(jax, 'shard_map', None)
     if shard_map is None:

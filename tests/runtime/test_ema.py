@@ -33,7 +33,7 @@ from danil_jax.runtime import ema
 from danil_jax.runtime import steps
 from danil_jax.trainer import train
 import data_prep
-from tests import test_faults
+from tests.runtime import test_faults
 
 if not flags.FLAGS.is_parsed():  # grain reads absl flags
   flags.FLAGS.mark_as_parsed()

@@ -26,7 +26,6 @@ import pytest
 
 from configs import demo
 from danil_jax import models
-from danil_jax.runtime import checkpointing
 from danil_jax.runtime import config_checks
 from danil_jax.runtime import faults
 from danil_jax.runtime import run_config
@@ -71,7 +70,7 @@ import orbax.checkpoint as ocp
 
 def main():
   sys.path.insert(0, os.environ['REPO'])
-  from tests import test_faults
+  from tests.runtime import test_faults
   from danil_jax.runtime import faults
   from danil_jax.runtime import steps
   from danil_jax.trainer import train

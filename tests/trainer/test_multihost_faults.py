@@ -8,25 +8,23 @@ of a batch. The compiled steps are those of the plain command, so every
 result is compared with one uninterrupted process with two devices.
 """
 
-import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import portpicker
 import pytest
 
-from tests.test_multihost import assert_same_run
-from tests.test_multihost import checkpoint_steps
-from tests.test_multihost import command
-from tests.test_multihost import finish
-from tests.test_multihost import JOB_TIMEOUT_S
-from tests.test_multihost import read_log
-from tests.test_multihost import start
-from tests.test_multihost import STEPS
+from tests.trainer.test_multihost import assert_same_run
+from tests.trainer.test_multihost import checkpoint_steps
+from tests.trainer.test_multihost import command
+from tests.trainer.test_multihost import finish
+from tests.trainer.test_multihost import JOB_TIMEOUT_S
+from tests.trainer.test_multihost import read_log
+from tests.trainer.test_multihost import start
+from tests.trainer.test_multihost import STEPS
 
 _DRIVER = r'''
 import os, signal, sys, time
