@@ -20,7 +20,8 @@ the forward values of bf16 compute with an exact float32 backward. When the
 two rows agree, the error comes from the bf16 forward (the network is
 another function), not from the precision of the backward or of the map.
 
-Two rows of the misclassified-only mode (`danil_jax/misclassified_only.py`,
+Two rows of the misclassified-only mode
+(`danil_jax/method/misclassified_only.py`,
 per-image maps of the eval-mode forward with the running statistics),
 against the same maps of the float32 model (y- of the float32 train-mode
 forward): `mode, map_dtype=compute`, the bf16 model's maps; and `mode,
@@ -44,10 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from danil_jax import losses
-from danil_jax import misclassified_only
+from danil_jax.method import losses
+from danil_jax.method import misclassified_only
 from danil_jax import models
-from danil_jax import steps
+from danil_jax.runtime import steps
 from danil_jax.models import layers
 
 

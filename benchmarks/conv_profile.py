@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from danil_jax import models
-from danil_jax import ops
+from danil_jax.method import ops
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 

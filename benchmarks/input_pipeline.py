@@ -6,7 +6,7 @@
       --data_dir=~/tensorflow_datasets                      # a built dataset
 
 Runs grain's DataLoader (shuffled index sampler, per-example decode and
-`danil_jax.augment.train_transform` to 224x224, batches of 32) with each
+`danil_jax.runtime.augment.train_transform` to 224x224, batches of 32) with each
 worker count and prints images/s. The synthetic source serves encoded images
 shaped like the real datasets (HAM10000 600x450 JPEG, APTOS 'short512'
 768x512 JPEG, CRC-MSI 224x224 PNG) and decodes them as the TFDS data source
@@ -26,7 +26,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from danil_jax import augment
+from danil_jax.runtime import augment
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

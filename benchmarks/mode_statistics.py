@@ -41,12 +41,12 @@ from absl import app
 from absl import flags
 from etils import epath
 
-from danil_jax import best_checkpoint
-from danil_jax import input_pipeline
-from danil_jax import losses
-from danil_jax import misclassified_only
-from danil_jax import steps
-from danil_jax import trained_run
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.runtime import input_pipeline
+from danil_jax.method import losses
+from danil_jax.method import misclassified_only
+from danil_jax.runtime import steps
+from danil_jax.evaluation import trained_run
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run (small_resnet, '
                                'flax.linen.BatchNorm) with many checkpoints.')

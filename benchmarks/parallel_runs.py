@@ -41,7 +41,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def jobs(config, workdir: str, seeds, plan: list[str]):
   """[(run directory, main.py overrides)] in launch order, each run once."""
-  from danil_jax import compare, comparison  # pylint: disable=g-import-not-at-top
+  from danil_jax import compare  # pylint: disable=g-import-not-at-top
+  from danil_jax.experiments import comparison
   ordered, seen = [], set()
   for seed in seeds:
     for line in plan:

@@ -14,7 +14,7 @@ rep (so load drift hits every variant alike), times:
   danil         `steps.train_step(method='danil')`: one forward, one input
                 VJP for A+ - A- (Eq. 2-4), the outer gradient through it
   danil_2grad   DANIL with A+ and A- from two separate input gradients
-                (Algorithm 1 literally; as `tests/test_losses.py`)
+                (Algorithm 1 literally; as `tests/method/test_losses.py`)
   danil_correct the DANIL step on a batch whose labels are the predictions
                 (no sample misclassified; same executable as `danil`)
   danil_skip    the DANIL step with `skip_correct=True`: a plain forward
@@ -28,7 +28,7 @@ rep (so load drift hits every variant alike), times:
                 misclassified (the rest labelled with their predictions)
   danil_eighth  the exact DANIL step on that batch
   danil_stock   (--stock) the DANIL step with JAX's stock conv/max-pool rules
-                instead of `danil_jax.ops` (a model with conv_rules='stock')
+                instead of `danil_jax.method.ops` (conv_rules='stock')
 
 `--conv_rules` sets the rules of every other variant (default 'auto');
 `--reduction` the reading of the DANIL variants' Ld (default 'per_image';
@@ -59,10 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from danil_jax import losses
+from danil_jax.method import losses
 from danil_jax import models
-from danil_jax import ops
-from danil_jax import steps
+from danil_jax.method import ops
+from danil_jax.runtime import steps
 
 # model -> (input size, batch) defaults.
 DEFAULTS = {'small_resnet': (64, 16), 'resnet50': (224, 8), 'vgg11': (224, 8),
@@ -165,7 +165,7 @@ def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None,
   images = rng.standard_normal((batch_size, size, size, 3), np.float32)
   labels = rng.integers(0, num_classes, batch_size).astype(np.int32)
   if torch_model is not None:
-    from danil_jax import weights  # pylint: disable=g-import-not-at-top
+    from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
     from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
     variables, _ = weights.convert_state_dict(
         name, torch_reference.state_dict_numpy(torch_model))

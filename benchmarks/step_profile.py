@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax.profiler import ProfileData
 
 from benchmarks import step_cost
-from danil_jax import steps
+from danil_jax.runtime import steps
 
 # Category of a thunk by its HLO instruction name, first match wins.
 CATEGORIES = (

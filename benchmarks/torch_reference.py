@@ -7,7 +7,7 @@ One shared forward of the torchvision/timm model, A+ - A- from
 log-sum-exp cancels in L+c - L-c, leaving z_{y-} - z_{y+}), Ld (Eq. 5), the
 total loss (Eq. 6), a backward to the parameters only and an SGD step. The
 model is random-initialised by torch; `step_cost.py --torch` converts that
-very state_dict with `danil_jax.weights` so both frameworks run identical
+very state_dict with `danil_jax.models.weights` so both frameworks run identical
 weights on the same batch, and prints their losses side by side as a check.
 """
 

@@ -14,7 +14,7 @@ the first batches, so worker start-up is excluded):
   step base    images/s of the compiled Base step on one fixed device batch
   step danil   the same for the DANIL step
   train base   images/s of the loop `train.py` runs: next batch from the
-               loader, `sharding.global_batch`, the Base step
+               loader, `multihost.global_batch`, the Base step
   train danil  the same with the DANIL step
 
 Data sources: `demo` (the embedded procedural set, built into a temporary
@@ -41,10 +41,10 @@ import numpy as np
 import optax
 
 from benchmarks import input_pipeline as pipeline_bench
-from danil_jax import input_pipeline
+from danil_jax.runtime import input_pipeline
 from danil_jax import models
-from danil_jax import sharding
-from danil_jax import steps
+from danil_jax.runtime import multihost
+from danil_jax.runtime import steps
 
 LAM, EPS = 1e-5, 1e-4
 
@@ -104,7 +104,7 @@ class Trainer:
     info = models.info(model_name)
     self.pre = input_pipeline.Preprocessing(size=size, mean=info.mean,
                                             std=info.std)
-    self.mesh = sharding.make_mesh()
+    self.mesh = multihost.make_mesh()
     model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
     variables = model.init(jax.random.PRNGKey(0),
                            jnp.zeros((1, size, size, 3)), train=False)
@@ -139,7 +139,7 @@ def measure(source, trainer, *, batch_size, steps_count, workers,
   mesh = trainer.mesh
   for method, step in trainer.steps.items():
     iterator = loader()
-    fixed = sharding.global_batch(next(iterator), mesh)
+    fixed = multihost.global_batch(next(iterator), mesh)
     state = jax.tree.map(jnp.copy, trainer.state)
     for _ in range(warmup):  # compiles on first use
       state, metrics = step(state, fixed)
@@ -151,12 +151,12 @@ def measure(source, trainer, *, batch_size, steps_count, workers,
     out[f'step {method}'] = _rate(steps_count, batch_size,
                                   time.perf_counter() - start)
     for _ in range(warmup):
-      state, metrics = step(state, sharding.global_batch(next(iterator),
+      state, metrics = step(state, multihost.global_batch(next(iterator),
                                                          mesh))
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps_count):
-      state, metrics = step(state, sharding.global_batch(next(iterator),
+      state, metrics = step(state, multihost.global_batch(next(iterator),
                                                          mesh))
     jax.block_until_ready(metrics)
     out[f'train {method}'] = _rate(steps_count, batch_size,

@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
   # skip_correct: a batch with nothing misclassified (Ld = 0) costs a plain
   # step, every other batch one forward more (steps.train_step).
   # reduction: how Algorithm 1 (one image) reads on a batch, 'per_image' or
-  # 'batch' (the batched PyTorch port; danil_jax/losses.py). 'batch', because
+  # 'batch' (the batched PyTorch port; danil_jax/method/losses.py). 'batch',
+  # because
   # it is the only reading in which the paper's lam = 1e-5 acts: on the demo
   # (README, "Does DANIL help?", 5 seeds) the term's share of the parameter
   # gradient is ~7e-3 with 'batch' and ~1e-4 with 'per_image', i.e. plain
@@ -23,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   # difference is inside the noise of a lam = 0 control.
   # misclassified_only: opt-in, another loss: each image's maps with the
   # running BatchNorm statistics, double backprop over the misclassified
-  # images only (danil_jax/misclassified_only.py); cheap when few are
+  # images only (danil_jax/method/misclassified_only.py); cheap when few are
   # misclassified, i.e. late in training, while early the running statistics
   # lag the batch's. Already costs a plain step where none is, so
   # skip_correct changes nothing in it.
@@ -41,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pretrained = ''
   # Compute dtype of the backbone; parameters stay float32.
   config.model.dtype = 'float32'
-  # Conv/max-pool differentiation rules (danil_jax.ops): 'auto' (the ones
+  # Conv/max-pool differentiation rules (danil_jax.method.ops): 'auto' (the ones
   # measured faster on this backend: custom on CPU and GPU, stock elsewhere),
   # 'custom' or 'stock' (needed for forward-mode jax.jvp/jacfwd).
   config.model.conv_rules = 'auto'
@@ -75,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'constant' or 'cosine'.
   config.optim.schedule = 'constant'
   config.optim.warmup_epochs = 0.0
-  # Weight EMA (danil_jax/ema.py): an average of the parameters and BatchNorm
+  # Weight EMA (danil_jax/runtime/ema.py): an average of the parameters and
+  # BatchNorm
   # statistics, decay min(ema_decay, (1 + step) / (10 + step)), kept in the
   # state and checkpoints. 0 = off: the paper's setting, and no cost. The
   # warm-up caps the decay below ema_decay until step (10 d - 1) / (1 - d)
@@ -89,8 +91,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
 
-  # Evaluation (danil_jax/metrics.py, evaluation.py). `headline`: the metrics
-  # the console leads with; per-data-set configs name their benchmark's.
+  # Evaluation (danil_jax/evaluation/metrics.py, scoring.py). `headline`: the
+  # metrics the console leads with; per-data-set configs name their benchmark's.
   # `validation_split`: evaluated after every epoch to keep the best
   # checkpoint by `select_by` ('' = headline[0]; 'loss' is minimised), the
   # final report then scoring `dataset.eval_split` with the best and the last
@@ -115,7 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.patient_min_tiles = 10
   config.eval.bootstrap_samples = 1000
   config.eval.bootstrap_seed = 0
-  # Test-time augmentation of the final report (danil_jax/tta.py): 'none',
+  # Test-time augmentation of the final report (danil_jax/runtime/tta.py):
+  # 'none',
   # 'flips' (4 copies) or 'flips_rot90' (8, the square's symmetries); the
   # softmax probabilities averaged over the copies, which run as one batch
   # (n times the evaluation memory). Per-epoch evaluations (model selection)
@@ -140,7 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.faults.max_nonfinite_in_a_row = 1
   # A rerun in a workdir whose config.json differs in a key that changes the
   # result (method, data, batch size, optimiser, seed, ...) is refused
-  # unless this is True (danil_jax/run_config.py).
+  # unless this is True (danil_jax/runtime/run_config.py).
   config.faults.allow_config_change = False
   # Unused: several processes agree on the step to stop at through JAX's
   # preemption sync point, which costs nothing per step. Kept so that command

@@ -1,0 +1,12 @@
+"""danil-jax: DANIL (Gong, Ma & Zheng, MICCAI 2020) in JAX/Flax.
+
+The public loss is `from danil_jax import losses` (danil_jax.losses). The
+modules directly here are the commands (`python -m danil_jax.main`,
+evaluate, predict, response_maps, compare, paper, convert, plots); the rest
+is grouped by concern into layers, each importing only the ones before it:
+
+  method -> models -> runtime -> evaluation -> trainer -> experiments
+
+docs/architecture.md says what each holds; tests/test_layout.py holds the
+rule.
+"""

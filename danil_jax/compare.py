@@ -10,7 +10,7 @@ WORKDIR (a rerun reuses the finished runs there and resumes the others),
 then prints and writes WORKDIR/comparison.{json,md}: per method the mean and
 sample standard deviation over seeds, and the paired difference to the first
 method on the same seeds with its 95% confidence interval and the smallest
-difference the seeds can detect (danil_jax.paired_stats), drawn in
+difference the seeds can detect (danil_jax.experiments.paired_stats), drawn in
 WORKDIR/differences.png (each interval beside +- that difference); with a sweep, one
 such table per point of the grid and WORKDIR/sweep.png, each metric against
 the swept value with error bars. The method `control` trains DANIL with
@@ -34,8 +34,8 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-from danil_jax import comparison
-from danil_jax import run_config
+from danil_jax.experiments import comparison
+from danil_jax.runtime import run_config
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
 _METHODS = flags.DEFINE_list(
@@ -151,7 +151,7 @@ def finished_report(workdir: str, config) -> dict | None:
 
 def diagnostics(workdir: str) -> dict:
   """Median over a run's logged train steps of each DIAGNOSTICS value."""
-  from danil_jax import run_log  # pylint: disable=g-import-not-at-top
+  from danil_jax.runtime import run_log  # pylint: disable=g-import-not-at-top
   records = [r for r in run_log.MetricsLog(workdir).read()
              if r.get('kind') == 'train']
   return {key: float(np.median([r[key] for r in records if key in r]))
@@ -174,7 +174,7 @@ def main(argv):
     sweep = parse_sweep(_SWEEP.value, config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  from danil_jax import cli  # pylint: disable=g-import-not-at-top
+  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
   cli.setup(config)  # before anything touches the JAX backend
   import jax  # pylint: disable=g-import-not-at-top
   is_chief = jax.process_index() == 0
@@ -234,8 +234,8 @@ def _finish(settings, directory: str, *, label: str,
             is_chief: bool) -> dict | None:
   """A run's final metrics and diagnostics: read if it finished before, else
   trained (None with --only_finished)."""
-  from danil_jax import cli  # pylint: disable=g-import-not-at-top
-  from danil_jax import train  # pylint: disable=g-import-not-at-top
+  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
+  from danil_jax.trainer import train  # pylint: disable=g-import-not-at-top
   report = finished_report(directory, settings)
   if is_chief and (report or not _ONLY_FINISHED.value):
     print(f'--- {label}' + (' (finished before)' if report else ''),

@@ -5,7 +5,7 @@ r"""Converts a torchvision/timm ImageNet checkpoint to Flax variables.
 
 `.safetensors` files need no torch; `.pth`/`.bin` files are read with
 `torch.load(weights_only=True)`. The output directory is what
-`--config.model.pretrained=DIR` and `danil_jax.weights.load` read.
+`--config.model.pretrained=DIR` and `danil_jax.models.weights.load` read.
 """
 
 import sys
@@ -13,7 +13,7 @@ import sys
 from absl import app
 from absl import flags
 
-from danil_jax import weights
+from danil_jax.models import weights
 
 _ARCH = flags.DEFINE_string(
     'arch', None, 'Architecture: one of the registered torch-mirroring models '

@@ -14,13 +14,14 @@ With --weights other than those the run reports, `_<weights>` is added to
 the directory's name.
 
 On a pod or cluster every host runs it with --config.distributed=True, as
-for danil_jax.main (join_flags.py): each scores its slice, process 0 writes.
+for danil_jax.main (danil_jax/runtime/cli.py): each scores its slice,
+process 0 writes.
 """
 
 from absl import app
 from absl import flags
 
-from danil_jax import join_flags
+from danil_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split to score.')
@@ -35,14 +36,15 @@ _TTA = flags.DEFINE_enum(
     'tta', None, ['none', 'flips', 'flips_rot90'],
     'Test-time augmentation: the softmax probabilities averaged over flipped '
     '(and rotated) copies. Default: the run\'s config.eval.tta.')
-_JOIN = join_flags.define()
+_JOIN = cli.define_join_flags()
 flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from danil_jax import trained_run  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from danil_jax.evaluation import trained_run
   with trained_run.command_errors_exit(_JOIN.value):
     trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
                              _WEIGHTS.value, tta=_TTA.value)

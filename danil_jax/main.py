@@ -23,9 +23,9 @@ def main(argv):
   if config is None:
     raise app.UsageError('--config=configs/<name>.py is required')
   # Imported here so --help answers without loading JAX.
-  from danil_jax import cli
+  from danil_jax.runtime import cli
   cli.setup(config)  # before anything touches the JAX backend
-  from danil_jax import train
+  from danil_jax.trainer import train
   logging.info('config:\n%s', config)
   with cli.errors_exit():
     train.train_and_evaluate(config, flags.FLAGS.workdir)

@@ -35,11 +35,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import default
-from danil_jax import comparison
-from danil_jax import paper_grid
-from danil_jax import paper_numbers as pn
-from danil_jax import paper_tables
-from danil_jax import run_config
+from danil_jax.experiments import comparison
+from danil_jax.experiments import paper_grid
+from danil_jax.experiments import paper_numbers as pn
+from danil_jax.experiments import paper_tables
+from danil_jax.runtime import run_config
 
 
 def _define_flags() -> None:
@@ -95,7 +95,7 @@ CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def missing_pretrained(pretrained_root: str, backbones) -> list[str]:
   """One line per backbone without converted weights under the root."""
-  from danil_jax import weights  # pylint: disable=g-import-not-at-top
+  from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
   problems = []
   for backbone in backbones:
     path = os.path.join(pretrained_root, backbone)
@@ -247,7 +247,7 @@ def main(argv):
   if _WORKDIR.value is None:
     raise app.UsageError('--workdir is required')
   if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # as danil_jax.cli.setup does
+    logging.set_verbosity(logging.WARNING)  # as runtime.cli.setup does
   if _PRETRAINED_ROOT.value is None and not _COLLECT.value:
     raise app.UsageError(
         "--pretrained_root is required: the folder with one converted "
@@ -309,11 +309,12 @@ def _emit_jobs(path: str, todo: list[paper_grid.Run],
 
 def _train_all(runs: list[paper_grid.Run], todo: list[paper_grid.Run]) -> None:
   """Trains the unfinished runs, one after the other."""
-  from danil_jax import cli  # pylint: disable=g-import-not-at-top
+  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
+
   # Even with nothing to train: the processes of a multi-host job then agree
   # on which one writes the tables.
   cli.setup(runs[0].config)  # before anything touches the JAX backend
-  from danil_jax import train  # pylint: disable=g-import-not-at-top
+  from danil_jax.trainer import train  # pylint: disable=g-import-not-at-top
   for i, run in enumerate(todo):
     if _is_chief():
       print(f'--- run {i + 1}/{len(todo)}: {run.dataset} {run.backbone} '

@@ -12,7 +12,8 @@ cannot be read is an error naming it; with --skip_bad such files are listed
 on stderr and left out, never given a row.
 
 On a pod or cluster every host runs it with --config.distributed=True, as
-for danil_jax.main (join_flags.py): each scores its slice, process 0 writes.
+for danil_jax.main (danil_jax/runtime/cli.py): each scores its slice,
+process 0 writes.
 """
 
 import sys
@@ -20,7 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
-from danil_jax import join_flags
+from danil_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
 _IMAGES = flags.DEFINE_string(
@@ -35,7 +36,7 @@ _TTA = flags.DEFINE_enum(
     'tta', None, ['none', 'flips', 'flips_rot90'],
     'Test-time augmentation: the softmax probabilities averaged over flipped '
     '(and rotated) copies. Default: the run\'s config.eval.tta.')
-_JOIN = join_flags.define()
+_JOIN = cli.define_join_flags()
 flags.mark_flags_as_required(['workdir', 'images', 'out'])
 
 
@@ -43,8 +44,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # pylint: disable=g-import-not-at-top
-  from danil_jax import multihost
-  from danil_jax import trained_run
+  from danil_jax.evaluation import trained_run
+  from danil_jax.runtime import multihost
   with trained_run.command_errors_exit(_JOIN.value):
     paths = trained_run.image_paths(_IMAGES.value)
     run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value,

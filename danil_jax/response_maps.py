@@ -11,7 +11,8 @@ highest-scoring wrong class) and ||A+ - A-||^2 in the caption. The maps are
 also saved beside the PNG as <out>.npz (indices, a_plus, a_minus, ...).
 
 On a pod or cluster every host runs it with --config.distributed=True, as
-for danil_jax.main (join_flags.py): each scores its slice, process 0 writes.
+for danil_jax.main (danil_jax/runtime/cli.py): each scores its slice,
+process 0 writes.
 """
 
 import os
@@ -19,7 +20,7 @@ import os
 from absl import app
 from absl import flags
 
-from danil_jax import join_flags
+from danil_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split to take images from.')
@@ -27,7 +28,7 @@ _NUM = flags.DEFINE_integer('num', 8, 'Number of images.')
 _OUT = flags.DEFINE_string('out', None, 'PNG file to write.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', 'last', "'best', 'last' or a step number.")
-_JOIN = join_flags.define()
+_JOIN = cli.define_join_flags()
 flags.mark_flags_as_required(['workdir', 'out'])
 
 
@@ -36,9 +37,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from danil_jax import eval_plots
-  from danil_jax import multihost
-  from danil_jax import trained_run
+
+  from danil_jax.evaluation import plots
+  from danil_jax.evaluation import trained_run
+  from danil_jax.runtime import multihost
   with trained_run.command_errors_exit(_JOIN.value):
     if _NUM.value < 1:
       raise ValueError(f'--num must be at least 1, got {_NUM.value}')
@@ -49,7 +51,7 @@ def main(argv):
     maps = trained_run.compute_maps(run, _SPLIT.value, _NUM.value)
     if not multihost.is_chief():
       return
-    eval_plots.response_maps(maps, run.class_names, run.pre, _OUT.value,
+    plots.response_maps(maps, run.class_names, run.pre, _OUT.value,
          title=f'{run.config.dataset.name} {_SPLIT.value}, {run.checkpoint} '
          f'model (step {run.step})')
     np.savez(os.path.splitext(_OUT.value)[0] + '.npz', **maps)

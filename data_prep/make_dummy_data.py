@@ -12,6 +12,7 @@ The tests derive the unzipped layouts from these zips.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shutil
@@ -128,7 +129,19 @@ MAKERS = {'ham10000': make_ham10000, 'aptos2019': make_aptos2019,
           'crc_msi': make_crc_msi}
 
 
-def main(names: list[str]) -> None:
+def main(argv: list[str]) -> None:
+  parser = argparse.ArgumentParser(
+      prog='python -m data_prep.make_dummy_data',
+      description='Rewrites the committed test fixtures in '
+      'data_prep/<name>/dummy_data/ (all three without a name).')
+  # Checked here, not with choices=: argparse rejects an empty list there.
+  parser.add_argument('names', nargs='*', metavar='name',
+                      help=', '.join(sorted(MAKERS)))
+  names = parser.parse_args(argv).names
+  unknown = sorted(set(names) - set(MAKERS))
+  if unknown:
+    parser.error(f'unknown data set(s) {unknown}; expected names among '
+                 f'{sorted(MAKERS)}')
   for name in names or sorted(MAKERS):
     out = os.path.join(HERE, name, 'dummy_data')
     MAKERS[name](out)

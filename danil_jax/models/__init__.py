@@ -3,6 +3,13 @@
 Every model is a Flax linen module whose `__call__(x, *, train)` takes NHWC
 float images (already normalised with the model's `mean`/`std`) and returns
 logits `[B, num_classes]`.
+
+The subpackage holds the backbones (small_resnet for the demo; resnet,
+vgg, inception_v4, efficientnet; their shared layers) and weights
+(PyTorch ImageNet checkpoints converted to Flax variables, read back).
+
+May import: danil_jax.method (the models' conv and max-pool rules, ops)
+only. Not runtime, evaluation, trainer or experiments.
 """
 
 import dataclasses
@@ -10,11 +17,11 @@ from typing import Callable
 
 import flax.linen as nn
 
-from danil_jax import ops
-from danil_jax.models import small_resnet
+from danil_jax.method import ops
 from danil_jax.models import efficientnet
 from danil_jax.models import inception_v4
 from danil_jax.models import resnet
+from danil_jax.models import small_resnet
 from danil_jax.models import vgg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +70,7 @@ def create(name: str, num_classes: int, *, conv_rules: str = 'auto',
            **kw) -> nn.Module:
   """Builds model `name` with a `num_classes`-way classifier head.
 
-  `conv_rules` ('auto', 'custom' or 'stock', `danil_jax.ops`) picks the
+  `conv_rules` ('auto', 'custom' or 'stock', `danil_jax.method.ops`) picks the
   conv/max-pool differentiation rules the model traces with; 'stock' is the
   one that supports forward-mode differentiation (`jax.jvp`, `jacfwd`).
   """

@@ -6,7 +6,7 @@ not TensorFlow's asymmetric 'SAME'. We do the same, so the `ra_in1k` weights
 run unchanged; do not load `tf_efficientnet_b0` weights into this model.
 (Checked against timm 1.0.31: `create_conv2d(padding='')` resolves to the
 static symmetric padding `((stride - 1) + (k - 1)) // 2 = k // 2` for every
-odd kernel here, and tests/test_weights.py matches its logits to 1e-4.)
+odd kernel here, and tests/models/test_weights.py matches its logits to 1e-4.)
 
 BatchNorm eps is 1e-5 (timm's default for this variant; the TF ports use
 1e-3), activations are SiLU, and the squeeze-excite reduction has
@@ -22,7 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from danil_jax import ops
+from danil_jax.method import ops
 from danil_jax.models import layers
 
 # (block type, repeats, kernel, stride, expansion, out channels) per stage,
@@ -145,7 +145,7 @@ class EfficientNetB0(nn.Module):
   num_classes: int = 1000
   drop_rate: float = 0.2
   dtype: Any = jnp.float32
-  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.method.ops).
   conv_rules: str = 'auto'
 
   @nn.compact

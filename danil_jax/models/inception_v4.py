@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from danil_jax import ops
+from danil_jax.method import ops
 from danil_jax.models import layers
 
 BN_EPS = 1e-3
@@ -205,7 +205,7 @@ class InceptionV4(nn.Module):
   num_classes: int = 1000
   drop_rate: float = 0.2
   dtype: Any = jnp.float32
-  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.method.ops).
   conv_rules: str = 'auto'
 
   @nn.compact

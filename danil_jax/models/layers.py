@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from danil_jax import ops
+from danil_jax.method import ops
 
 # torch updates running stats as r = (1 - m) * r + m * batch, with m = 0.1 by
 # default; Flax's `momentum` is the weight of the old value.

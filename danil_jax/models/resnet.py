@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from danil_jax import ops
+from danil_jax.method import ops
 from danil_jax.models import layers
 
 
@@ -72,7 +72,7 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   dtype: Any = jnp.float32
-  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.method.ops).
   conv_rules: str = 'auto'
 
   @nn.compact

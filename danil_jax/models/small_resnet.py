@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from danil_jax import ops
+from danil_jax.method import ops
 
 
 class BasicBlock(nn.Module):
@@ -24,7 +24,7 @@ class BasicBlock(nn.Module):
         use_running_average=not train, momentum=0.9, epsilon=1e-5,
         dtype=self.dtype, name=name)
     # ops.conv_general_dilated: same values, with conv rules whose own
-    # derivatives stay fast (DANIL's double backprop; see danil_jax/ops.py).
+    # derivatives stay fast (DANIL's double backprop; danil_jax/method/ops.py).
     conv = lambda f, k, s, name: nn.Conv(
         f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False,
         dtype=self.dtype, conv_general_dilated=ops.conv_general_dilated,
@@ -45,7 +45,7 @@ class SmallResNet(nn.Module):
   widths: Sequence[int] = (16, 32, 64)
   blocks_per_stage: int = 1
   dtype: Any = jnp.float32
-  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.method.ops).
   conv_rules: str = 'auto'
 
   @nn.compact

@@ -7,7 +7,8 @@ second conv of vgg11, `classifier.6` the last Linear).
 
 torch flattens the 7x7x512 pooled map in (C, H, W) order before `classifier.0`;
 we flatten NHWC in (H, W, C) order, so the converter permutes that one weight
-matrix once (see `danil_jax.weights`) instead of transposing activations here.
+matrix once (see `danil_jax.models.weights`) instead of transposing
+activations here.
 """
 
 from typing import Any, Sequence
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from danil_jax import ops
+from danil_jax.method import ops
 from danil_jax.models import layers
 
 # torchvision's configuration 'A' (VGG-11): conv widths and 'M' max pools.
@@ -68,7 +69,7 @@ class VGG(nn.Module):
   batch_norm: bool = False
   drop_rate: float = 0.5
   dtype: Any = jnp.float32
-  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.ops).
+  # 'auto', 'custom' or 'stock': the conv/max-pool rules (danil_jax.method.ops).
   conv_rules: str = 'auto'
 
   @nn.compact

@@ -1,0 +1,342 @@
+"""A trained run read back from its workdir, and what the commands do with it.
+
+`load` rebuilds the model, preprocessing and data set of
+`WORKDIR/config.json` and restores a checkpoint's train state read-only: the
+run's own checkpoints, logs and data iterator are never written. Then
+`evaluate_run` (danil_jax.evaluate), `predict_files` (danil_jax.predict) and
+`compute_maps` (danil_jax.response_maps); the command modules hold only
+their flags, so tests call these in one process.
+
+On several hosts (the commands' `--config.distributed=True`, runtime/cli.py)
+every host restores the checkpoint process 0 resolved, reads and scores only
+its slice of every global batch, and gets every result back replicated;
+process 0 alone writes and prints. The numbers are those of one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import os
+import sys
+
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from danil_jax import models
+from danil_jax.evaluation import best_checkpoint
+from danil_jax.evaluation import metrics as metrics_lib
+from danil_jax.evaluation import scoring as evaluation
+from danil_jax.method import intrinsic_maps
+from danil_jax.runtime import augment
+from danil_jax.runtime import checkpointing
+from danil_jax.runtime import ema
+from danil_jax.runtime import input_pipeline
+from danil_jax.runtime import multihost
+from danil_jax.runtime import steps
+from danil_jax.runtime import tta as tta_lib
+import data_prep
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  config: ml_collections.ConfigDict
+  builder: object
+  class_names: list
+  model: object
+  pre: input_pipeline.Preprocessing
+  mesh: object
+  state: steps.TrainState
+  step: int
+  checkpoint: str  # 'best', 'last' or the step, as asked
+  eval_step: object  # jitted steps.eval_step over the mesh, with `tta`
+  tta: str  # test-time augmentation (danil_jax.runtime.tta)
+  weights: str = 'raw'  # in state.params/batch_stats: 'ema' or 'raw'
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise ValueError(f'{path} does not exist: is {workdir} a run directory '
+                     '(python -m danil_jax.main --workdir=...)?')
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  from configs import default  # pylint: disable=g-import-not-at-top
+  for key in ('eval', 'distributed_init'):  # a run from before they existed
+    if key not in config:
+      config[key] = default.get_config()[key]
+  return config
+
+
+def load(workdir: str, checkpoint: str = 'last', *,
+         need_data: bool = True, weights: str | None = None,
+         tta: str | None = None) -> TrainedRun:
+  """The run in `workdir` with the model of `checkpoint` restored.
+
+  Without `need_data` (predicting on files) the data set is not built or
+  read: its builder only gives the class names. `weights`: 'ema' or 'raw'
+  (ema.py), None for those the run reports (ema.default_weights). `tta`:
+  the test-time augmentation of its eval step; None takes the run's
+  config.eval.tta.
+  """
+  workdir = checkpointing.absolute_path(workdir)
+  config = read_config(workdir)
+  has_ema = config.optim.get('ema_decay', 0.0) > 0
+  weights = weights or ema.default_weights(config)
+  if weights not in ema.WEIGHTS:
+    raise ValueError(f'--weights must be one of {list(ema.WEIGHTS)}, got '
+                     f'{weights!r}')
+  if weights == 'ema' and not has_ema:
+    raise ValueError(f'--weights=ema: the run in {workdir} keeps no weight '
+                     'EMA (its config.optim.ema_decay is 0); use '
+                     '--weights=raw')
+  if tta is None:
+    tta = config.eval.get('tta', 'none')  # absent in runs from before it
+  tta_lib.check(tta, '--tta')
+  # A run still training may add a checkpoint between two hosts' looks:
+  # every host restores the one process 0 found.
+  directory, step = multihost.chiefs_value(
+      'checkpoint', best_checkpoint.find_checkpoint(workdir, checkpoint))
+  if need_data:
+    # As in training: process 0 builds a missing data set, the others wait.
+    with multihost.chief_first(
+        'dataset', config.distributed_init.data_build_timeout_s):
+      builder = data_prep.prepare(
+          config.dataset.name, data_dir=config.dataset.data_dir,
+          manual_dir=config.dataset.manual_dir or None,
+          config=config.dataset.builder_config or None,
+          build=multihost.is_chief())
+  else:
+    builder = data_prep.get_builder(
+        config.dataset.name, data_dir=config.dataset.data_dir,
+        config=config.dataset.builder_config or None)
+  class_names = list(builder.info.features['label'].names)
+  mesh = multihost.make_mesh()
+  model_info = models.info(config.model.name)
+  pre = input_pipeline.Preprocessing(
+      size=config.dataset.image_size or model_info.input_size,
+      mean=model_info.mean, std=model_info.std, augment=False)
+  model = models.create(config.model.name, len(class_names),
+                        dtype=jnp.dtype(config.model.dtype))
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  dummy = jnp.zeros((1, pre.size, pre.size, 3), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False),
+                      out_shardings=multihost.replicated(mesh))(init_rng, dummy)
+  # The optimiser only gives the checkpoint's structure; its schedule's
+  # values do not matter here.
+  tx = steps.make_optimizer(config.optim, 1, config.num_epochs)
+  state = multihost.replicate(
+      steps.create_train_state(model, variables, tx, state_rng,
+                               ema=has_ema), mesh)
+  state = ema.select(steps.state_from_checkpoint(
+      state, best_checkpoint.restore_state(
+          directory, step, steps.state_to_checkpoint(state))), weights)
+  return TrainedRun(config=config, builder=builder, class_names=class_names,
+                    model=model, pre=pre, mesh=mesh, state=state, step=step,
+                    checkpoint=checkpoint,
+                    eval_step=evaluation.jit_eval_step(mesh, tta), tta=tta,
+                    weights=weights)
+
+
+def _predict_split(run: TrainedRun, split: str):
+  return evaluation.predict_split(
+      run.eval_step, run.state, run.builder.as_data_source(split),
+      pre=run.pre, global_batch_size=run.config.input.eval_batch_size,
+      mesh=run.mesh, metadata=evaluation.read_metadata(run.builder, split),
+      num_workers=run.config.input.num_workers, tta=run.tta)
+
+
+def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
+                 weights: str | None = None,
+                 tta: str | None = None) -> tuple[str, dict]:
+  """Evaluates, calibrated on the run's validation split if it has one;
+  returns the output directory and the metrics.
+
+  The output directory is evaluation.output_name's, with `_<weights>` after
+  the checkpoint where they are not those the run reports (as the trainer
+  names them).
+  """
+  run = load(workdir, checkpoint, weights=weights, tta=tta)
+  if split not in run.builder.info.splits:
+    raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
+                     f'splits {sorted(run.builder.info.splits)}')
+  predictions = evaluation.predict_calibrated(
+      functools.partial(_predict_split, run), split,
+      evaluation.validation_split(run.config, run.builder.info.splits))
+  metrics = dict(step=run.step, split=split, model=checkpoint,
+                 weights=run.weights,
+                 **evaluation.report(predictions, run.class_names,
+                                     run.config.eval))
+  model = checkpoint
+  if run.weights != ema.default_weights(run.config):
+    model += f'_{run.weights}'
+  outdir = checkpointing.absolute_path(workdir) / 'eval' / (
+      evaluation.output_name(split, model, run.tta))
+  if not multihost.is_chief():
+    return str(outdir), metrics
+  weights_note = (f', {run.weights} weights' if run.state.ema is not None
+                  else '')
+  evaluation.write_outputs(
+      outdir, predictions, metrics, run.class_names,
+      title=f'{run.config.dataset.name} {split}, {checkpoint} model '
+      f'(step {run.step}{weights_note})')
+  print(f'{split} metrics of the {checkpoint} model (step {run.step}'
+        f'{weights_note}):\n'
+        + metrics_lib.format_report(metrics, run.class_names,
+                                    run.config.eval.headline))
+  print(f'wrote {outdir}')
+  return str(outdir), metrics
+
+
+def image_paths(pattern: str) -> list[str]:
+  """The files `pattern` names: a file, a directory's files, or a glob."""
+  pattern = os.path.expanduser(pattern)
+  if os.path.isdir(pattern):
+    paths = [os.path.join(pattern, n) for n in os.listdir(pattern)]
+    paths = [p for p in paths if os.path.isfile(p)]
+  elif os.path.isfile(pattern):
+    paths = [pattern]
+  else:
+    paths = [p for p in glob.glob(pattern) if os.path.isfile(p)]
+  if not paths:
+    raise ValueError(f'--images={pattern!r} matches no file')
+  return sorted(paths)
+
+
+def read_image(path: str):
+  """uint8 HxWx3 RGB, or raises ValueError naming the file."""
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB'))
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f'{path}: not a readable image ({e})') from None
+
+
+def _this_hosts_positions(num_examples: int, global_batch_size: int,
+                          mesh) -> list[list[int]]:
+  """Per global batch, the positions (into the examples, padding past the
+  end) that this host reads: its contiguous block of each batch, as in
+  input_pipeline.eval_batches."""
+  per_process = multihost.per_process_batch_size(global_batch_size, mesh)
+  first = jax.process_index() * per_process
+  return [[b * global_batch_size + first + j for j in range(per_process)]
+          for b in range(input_pipeline.num_eval_batches(
+              num_examples, global_batch_size))]
+
+
+def predict_files(run, paths: list[str], *, skip_bad: bool = False):
+  """(rows of (path, probabilities [K]), unreadable files with reasons).
+
+  Every host must list the same `paths` (else a ValueError names both
+  lists' sizes); each reads and scores only its slice of every batch of
+  eval_batch_size files and gets every row back. The unreadable files are
+  those this host read; the others are left out of the rows all the same.
+  """
+  digest = hashlib.sha256('\n'.join(paths).encode()).hexdigest()[:16]
+  multihost.same_on_every_host('predict_files', [len(paths), digest],
+                               'the list of --images files (count, digest)')
+  batch_size = run.config.input.eval_batch_size
+  positions = _this_hosts_positions(len(paths), batch_size, run.mesh)
+  images, bad = {}, []
+  for i in (i for batch in positions for i in batch if i < len(paths)):
+    try:
+      images[i] = augment.eval_transform(
+          read_image(paths[i]), size=run.pre.size, mean=run.pre.mean,
+          std=run.pre.std)
+    except ValueError as e:
+      bad.append(str(e))
+  if bad and not skip_bad:
+    raise ValueError(f'{len(bad)} unreadable file(s) (--skip_bad leaves them '
+                     'out):\n  ' + '\n  '.join(bad))
+  blank = np.zeros((run.pre.size, run.pre.size, 3), np.float32)
+  rows = []
+  for start, batch in zip(range(0, len(paths), batch_size), positions):
+    # Padding and unreadable files are masked out, as in evaluation.
+    local = dict(image=np.stack([images.get(i, blank) for i in batch]),
+                 label=np.zeros(len(batch), np.int32),
+                 mask=np.array([i in images for i in batch]))
+    out = jax.device_get(run.eval_step(
+        run.state, multihost.global_batch(local, run.mesh)))
+    probabilities = np.asarray(out['probabilities'], np.float32)
+    for row in np.flatnonzero(np.asarray(out['mask'], bool)):
+      rows.append((paths[start + row], probabilities[row]))
+  return rows, bad
+
+
+def write_predictions_csv(path: str, rows, class_names) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['file', 'prediction'] + list(class_names))
+    for file, probabilities in rows:
+      writer.writerow([file, class_names[int(probabilities.argmax())]]
+                      + [repr(float(p)) for p in probabilities])
+
+
+def chosen_indices(split_size: int, num: int):
+  return np.unique(np.linspace(0, split_size - 1, min(num, split_size))
+                   .round().astype(int))
+
+
+def compute_maps(run, split: str, num: int) -> dict:
+  """Preprocessed images, labels and the maps of the chosen examples.
+
+  The chosen examples are padded to a multiple of the devices and sharded
+  over them (each host preprocesses its slice); every host gets them all.
+  """
+  source = run.builder.as_data_source(split)
+  indices = chosen_indices(len(source), num)
+  padded = -(-len(indices) // run.mesh.size) * run.mesh.size
+  (mine,) = _this_hosts_positions(padded, padded, run.mesh)
+  blank = np.zeros((run.pre.size, run.pre.size, 3), np.float32)
+  records = [source[int(indices[i])] if i < len(indices) else None
+             for i in mine]
+  local = dict(
+      image=np.stack([blank if r is None else augment.eval_transform(
+          r['image'], size=run.pre.size, mean=run.pre.mean, std=run.pre.std)
+                      for r in records]),
+      label=np.array([0 if r is None else r['label'] for r in records],
+                     np.int32))
+  batch = multihost.global_batch(local, run.mesh)
+
+  def maps_fn(variables, images, labels):
+    logits_fn = lambda x: run.model.apply(variables, x, train=False)
+    return dict(images=images, labels=labels,
+                **intrinsic_maps.response_maps(logits_fn, images, labels))
+
+  replicated = multihost.replicated(run.mesh)
+  data = multihost.data_sharding(run.mesh)
+  maps = jax.device_get(jax.jit(
+      maps_fn, in_shardings=(replicated, data, data),
+      out_shardings=replicated)(
+          {'params': run.state.params, 'batch_stats': run.state.batch_stats},
+          batch['image'], batch['label']))
+  return dict(indices=indices, **{k: np.asarray(v)[:len(indices)]
+                                  for k, v in maps.items()})
+
+
+@contextlib.contextmanager
+def command_errors_exit(join=None):
+  """For the commands: quiet logs unless --verbosity was given; joins the
+  hosts if `join` (cli.define_join_flags's value) has distributed=True; a bad
+  flag or missing file ends the command with its message alone (on every
+  host, `cli.errors_exit`)."""
+  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
+  if join is not None:
+    cli.setup(join)
+  elif not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  with cli.errors_exit():
+    try:
+      yield
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f'error: {e}')

@@ -1,0 +1,185 @@
+"""The package layout: the layers import only downwards, the documented
+commands and the public loss import work.
+
+The layers and what each may use are in docs/architecture.md. The rule is
+read from the source (every import, those inside functions included), so a
+new module is held to it without being listed here.
+"""
+
+import ast
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, 'danil_jax')
+
+# Bottom to top; a module may import its own layer and those before it.
+LAYERS = ('method', 'models', 'runtime', 'evaluation', 'trainer',
+          'experiments')
+COMMANDS = ('main', 'evaluate', 'predict', 'response_maps', 'compare',
+            'paper', 'convert', 'plots')
+TOP_LEVEL = set(COMMANDS) | {'__init__', 'losses'}
+
+
+def _modules():
+  """danil_jax's modules as (dotted name, path)."""
+  for root, _, names in os.walk(PACKAGE):
+    for name in sorted(names):
+      if name.endswith('.py'):
+        path = os.path.join(root, name)
+        rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, '.')
+        yield rel.removesuffix('.__init__'), path
+
+
+def _imports(name: str, path: str) -> set[str]:
+  """The danil_jax modules `name` imports, anywhere in its file."""
+  tree = ast.parse(open(path).read(), path)
+  package = name if path.endswith('__init__.py') else name.rpartition('.')[0]
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      found.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ''
+      if node.level:
+        parts = package.split('.')
+        base = '.'.join(parts[:len(parts) - node.level + 1] +
+                        ([node.module] if node.module else []))
+      # `from a import b`: b may be a module or a name in a.
+      for alias in node.names:
+        full = f'{base}.{alias.name}'
+        found.add(full if _is_module(full) else base)
+  return {m for m in found if m.split('.')[0] == 'danil_jax'}
+
+
+def _is_module(dotted: str) -> bool:
+  path = os.path.join(REPO, *dotted.split('.'))
+  return os.path.isfile(path + '.py') or os.path.isdir(path)
+
+
+def _layer(module: str) -> int:
+  """Index into LAYERS; the commands and the public facade are above all."""
+  parts = module.split('.')
+  if len(parts) == 1:
+    return len(LAYERS)  # the package itself: its docstring, nothing more
+  if parts[1] in LAYERS:
+    return LAYERS.index(parts[1])
+  return len(LAYERS)
+
+
+def test_each_layer_imports_only_itself_and_the_layers_below():
+  upward = []
+  for name, path in _modules():
+    for imported in _imports(name, path):
+      if _layer(imported) > _layer(name):
+        upward.append(f'{name} imports {imported}')
+  assert not upward, ('lower layers may not import upper ones '
+                      f'({" -> ".join(LAYERS)} -> commands):\n' +
+                      '\n'.join(sorted(upward)))
+
+
+def test_no_import_cycles():
+  graph = {name: _imports(name, path) - {name} for name, path in _modules()}
+  # A package's __init__ runs before its modules: importing danil_jax.x.y
+  # imports danil_jax.x, so edges to a module reach its package too.
+  for deps in graph.values():
+    deps.update({d.rpartition('.')[0] for d in list(deps)} -
+                {'danil_jax', ''})
+  state, stack, cycles = {}, [], []
+
+  def visit(node):
+    state[node] = 'open'
+    stack.append(node)
+    for dep in sorted(graph.get(node, ())):
+      if state.get(dep) == 'open':
+        cycles.append(stack[stack.index(dep):] + [dep])
+      elif dep not in state:
+        visit(dep)
+    stack.pop()
+    state[node] = 'done'
+
+  for node in sorted(graph):
+    if node not in state:
+      visit(node)
+  # A subpackage's __init__ importing its own modules is no cycle at run
+  # time (models/__init__.py's registry); any other is.
+  cycles = [c for c in cycles
+            if not all(m.startswith(c[0] + '.') or m == c[0] for m in c)]
+  assert not cycles, '\n'.join(' -> '.join(c) for c in cycles)
+
+
+def test_data_prep_and_configs_do_not_import_danil_jax():
+  offenders = []
+  for top in ('data_prep', 'configs'):
+    for root, _, names in os.walk(os.path.join(REPO, top)):
+      for name in names:
+        if name.endswith('.py'):
+          text = open(os.path.join(root, name)).read()
+          if re.search(r'^\s*(from|import) danil_jax', text, re.M):
+            offenders.append(os.path.join(root, name))
+  assert not offenders
+
+
+def test_only_the_commands_and_the_public_loss_sit_at_the_top():
+  files = {n[:-3] for n in os.listdir(PACKAGE) if n.endswith('.py')}
+  assert files <= TOP_LEVEL, f'not commands: {sorted(files - TOP_LEVEL)}'
+  assert len(os.listdir(PACKAGE)) - len(
+      [n for n in os.listdir(PACKAGE) if n == '__pycache__']) <= 12 + len(
+          LAYERS)
+  assert len(files) <= 12
+
+
+@pytest.mark.parametrize('layer', LAYERS)
+def test_each_subpackage_says_what_it_holds_and_may_import(layer):
+  init = os.path.join(PACKAGE, layer, '__init__.py')
+  docstring = ast.get_docstring(ast.parse(open(init).read()))
+  assert docstring and 'May import' in docstring, init
+
+
+def test_the_public_loss_import():
+  from danil_jax import losses  # pylint: disable=g-import-not-at-top
+  from danil_jax.losses import danil_loss  # pylint: disable=g-import-not-at-top
+  method_losses = importlib.import_module('danil_jax.method.losses')
+  assert danil_loss is losses.danil_loss is method_losses.danil_loss
+  for name in ('cross_entropy_loss', 'ohem_loss', 'REDUCTIONS'):
+    assert getattr(losses, name) is getattr(method_losses, name)
+
+
+def _documented_commands() -> set[str]:
+  text = ''
+  for doc in ('README.md', os.path.join('data_prep', 'README.md'),
+              os.path.join('benchmarks', 'README.md')):
+    path = os.path.join(REPO, doc)
+    if os.path.exists(path):
+      text += open(path).read()
+  return set(re.findall(r'python -m ((?:danil_jax|data_prep)\.[a-z_]+)', text))
+
+
+def test_the_readme_documents_the_commands_tested_here():
+  documented = _documented_commands()
+  assert {f'danil_jax.{c}' for c in COMMANDS} <= documented
+  assert documented <= {f'danil_jax.{c}' for c in COMMANDS} | {
+      'data_prep.build', 'data_prep.make_dummy_data'}, documented
+
+
+def test_every_documented_command_answers_help():
+  """Each `python -m ...` of the READMEs starts and parses its flags, in
+  subprocesses (their absl flags would collide in one process)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  procs = {m: subprocess.Popen([sys.executable, '-m', m, '--help'], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+           for m in sorted(_documented_commands())}
+  failed = []
+  for module, proc in procs.items():
+    out, _ = proc.communicate(timeout=300)
+    # absl's --help exits 1, argparse's 0; a crash is a traceback.
+    if (proc.returncode not in (0, 1) or 'Traceback' in out or
+        not re.search(r'usage|flags:', out, re.I)):
+      failed.append(f'{module}: exit {proc.returncode}\n{out[-2000:]}')
+  assert not failed, '\n'.join(failed)
