@@ -152,12 +152,12 @@ def measure(source, trainer, *, batch_size, steps_count, workers,
                                   time.perf_counter() - start)
     for _ in range(warmup):
       state, metrics = step(state, multihost.global_batch(next(iterator),
-                                                         mesh))
+                                                          mesh))
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps_count):
       state, metrics = step(state, multihost.global_batch(next(iterator),
-                                                         mesh))
+                                                          mesh))
     jax.block_until_ready(metrics)
     out[f'train {method}'] = _rate(steps_count, batch_size,
                                    time.perf_counter() - start)

@@ -51,9 +51,10 @@ def main(argv):
     maps = trained_run.compute_maps(run, _SPLIT.value, _NUM.value)
     if not multihost.is_chief():
       return
-    plots.response_maps(maps, run.class_names, run.pre, _OUT.value,
-         title=f'{run.config.dataset.name} {_SPLIT.value}, {run.checkpoint} '
-         f'model (step {run.step})')
+    plots.response_maps(
+        maps, run.class_names, run.pre, _OUT.value,
+        title=f'{run.config.dataset.name} {_SPLIT.value}, {run.checkpoint} '
+        f'model (step {run.step})')
     np.savez(os.path.splitext(_OUT.value)[0] + '.npz', **maps)
     print(f'wrote {_OUT.value}')
 

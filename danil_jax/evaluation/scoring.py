@@ -106,7 +106,7 @@ def predict_split(eval_step, state, source, *, pre, global_batch_size: int,
     # The outputs are replicated: every process sees the whole global batch,
     # whose rows are the global indices in order (eval_batches).
     out = jax.device_get(eval_step(state, multihost.global_batch(local_batch,
-                                                                mesh)))
+                                                                 mesh)))
     mask = np.asarray(out['mask'], bool)
     probabilities.append(np.asarray(out['probabilities'], np.float32)[mask])
     log_probabilities.append(
@@ -247,9 +247,9 @@ def write_outputs(outdir: str, predictions: Predictions, metrics: dict,
   paths['metrics'].write_text(json.dumps(metrics, indent=2))
   write_predictions_csv(paths['predictions'], predictions, class_names)
   plots.confusion_matrix(metrics['confusion_matrix'], class_names,
-                              paths['confusion'], title=title)
+                         paths['confusion'], title=title)
   plots.roc_curves(predictions.labels, predictions.probabilities,
-                        class_names, paths['roc'], title=title)
+                   class_names, paths['roc'], title=title)
   plots.reliability_diagram(
       predictions.labels, predictions.probabilities, paths['reliability'],
       calibrated=predictions.calibrated_probabilities,

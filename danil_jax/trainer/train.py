@@ -102,7 +102,7 @@ def _open_data(config: ml_collections.ConfigDict,
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
   return train_loop.Data(builder, class_names, train_source, pre, model_info,
-                      steps_per_epoch, total_steps)
+                         steps_per_epoch, total_steps)
 
 
 def _train_batches(run: train_loop.Run, start_step: int):
@@ -156,7 +156,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ----------------------------------------------------------------- data --
   run = train_loop.Run(config, workdir, is_chief, mesh,
-                    _open_data(config, is_chief))
+                       _open_data(config, is_chief))
 
   # ----------------------------------------------- model and optimiser --
   state = _initial_state(run)
@@ -224,7 +224,7 @@ def _resume(run: train_loop.Run, state, evaluate: train_loop.Evaluation):
   log = run_log.MetricsLog(workdir, enabled=run.is_chief)
   log.truncate_after(start_step)
   tensorboard = run_log.ScalarWriter(workdir, enabled=run.is_chief,
-                                       start_step=start_step)
+                                     start_step=start_step)
   best_manager = (best_checkpoint.make_manager(workdir, evaluate.select_by)
                   if evaluate.val_split else None)
   if start_step:
@@ -269,9 +269,9 @@ def _final_evaluations(run: train_loop.Run, state, step: int,
           state, best_checkpoint.restore_state(
               outputs.best_manager.directory, best_step,
               steps.state_to_checkpoint(state)))
-      finals['best'] = train_loop.Scored(best_step,
-                                      *evaluate.final(best_state, test_split),
-                                      weights=evaluate.weights)
+      finals['best'] = train_loop.Scored(
+          best_step, *evaluate.final(best_state, test_split),
+          weights=evaluate.weights)
   return finals, best_value
 
 

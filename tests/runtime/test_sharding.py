@@ -28,7 +28,7 @@ ONE_STEP = textwrap.dedent('''
                                      jax.random.PRNGKey(2))
     state = multihost.replicate(state, mesh)
     batch = multihost.global_batch({'image': np.asarray(x),
-                                   'label': np.asarray(labels)}, mesh)
+                                    'label': np.asarray(labels)}, mesh)
     assert len(batch['image'].sharding.device_set) == jax.device_count()
     step = jax.jit(
         lambda s, b: steps.train_step(s, b, method='danil', lam=1.0),
