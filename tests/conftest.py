@@ -2,6 +2,9 @@ import os
 import sys
 import tempfile
 
+import filelock
+import pytest
+
 # Tests import `configs` and `data_prep` from the checkout root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -13,3 +16,55 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
       prefix='danil_jax_tests_xla_cache_')
+
+
+# ------------------------------------- what the multi-process tests share --
+# The demo data set and the uninterrupted reference job (one process, two
+# devices) are built once per suite: pytest-xdist's workers share them
+# through a file lock in the directory above their own temporary roots.
+
+
+def _shared(tmp_path_factory, name, make):
+  """The directory `name`, made once by `make(path)` for every worker."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  path, done, failed = (root / name, root / f'{name}.done',
+                        root / f'{name}.failed')
+  with filelock.FileLock(str(root / f'{name}.lock')):
+    if failed.exists():
+      pytest.fail(f'{name} failed in another worker: see its report')
+    if not done.exists():
+      try:
+        make(path)
+      except BaseException:
+        failed.touch()
+        raise
+      done.touch()
+  return path
+
+
+@pytest.fixture(scope='session')
+def demo_data_dir(tmp_path_factory):
+  """The demo data set, built once for every multi-process test."""
+  import data_prep  # pylint: disable=g-import-not-at-top
+  return _shared(tmp_path_factory, 'demo_data',
+                 lambda path: data_prep.prepare('danil_demo',
+                                                data_dir=str(path)))
+
+
+@pytest.fixture(scope='session')
+def reference_run(tmp_path_factory, demo_data_dir):  # pylint: disable=redefined-outer-name
+  """The workdir of tests.trainer.test_multihost.command's job (12 steps),
+  run uninterrupted by one process with two devices."""
+  # pylint: disable-next=g-import-not-at-top
+  from tests.trainer import test_multihost as jobs
+
+  def run(path):
+    path.mkdir()
+    job = jobs.start(jobs.command(path / 'work', demo_data_dir),
+                     path / 'reference.log', devices=2)
+    assert jobs.finish([job]) == [0], jobs.read_log(
+        path / 'reference.log')[-3000:]
+
+  return _shared(tmp_path_factory, 'reference_run', run) / 'work'

@@ -53,20 +53,20 @@ def errors_exit():
   traceback only hides it.
 
   In a multi-host run any error on one host ends every host, non-zero, with
-  that host's message (multihost.end_every_host). Preemption is not caught:
-  faults.Preempted is a SystemExit with status faults.EXIT_PREEMPTED (75).
+  that host's message (host_failures.end_every_host). Preemption is not
+  caught: faults.Preempted is a SystemExit with status faults.EXIT_PREEMPTED (75).
   """
   # pylint: disable=g-import-not-at-top
   from danil_jax.models import weights
   from danil_jax.runtime import checkpointing
   from danil_jax.runtime import config_checks
   from danil_jax.runtime import faults
-  from danil_jax.runtime import multihost
+  from danil_jax.runtime import host_failures
   from danil_jax.runtime import run_config
   from data_prep import common
 
   # pylint: enable=g-import-not-at-top
-  with multihost.end_every_host():
+  with host_failures.end_every_host():
     try:
       yield
     except (common.ManualFilesMissing, common.DataError,

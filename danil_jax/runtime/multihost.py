@@ -8,25 +8,22 @@ and a run gives the same numbers on 1 or N devices, in one process or many
 (input_pipeline makes the global batch itself independent of the hosts).
 
 One process per host, joined by `jax.distributed` (`initialize`). The hosts
-then meet at bounded barriers (`barrier`, `chief_first`), and an error on any
-one of them ends all of them within about a second: the failing host posts its
-message in the coordination service's key-value store (`end_every_host`) and
-every other host watches that store from a background thread and exits
-non-zero with the same message (`_watch_for_errors`), instead of waiting in a
-collective until gloo's or NCCL's timeout.
+meet at bounded barriers (`barrier`, `chief_first`) and take decisions
+together through the coordination service's key-value store:
+`chiefs_value` hands every host process 0's choice; `same_on_every_host`
+gathers every host's value and, where they differ, raises the same
+`host_failures.HostsDisagree` on every host before any of them enters a
+collective. An error on one host ends every host with its message
+(`host_failures`).
 
 Every function here is a no-op (or trivially true) in a one-process run.
 """
 
-import atexit
 import contextlib
 import importlib.util
 import itertools
 import json
 import os
-import sys
-import threading
-import traceback
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +32,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-_ERRORS = 'danil_jax/errors/'
-# How long a failing host keeps the coordination service up after posting its
-# error, so the others read it before process 0 (which hosts it) goes away.
-_LINGER_S = 2.0
+from danil_jax.runtime import host_failures
+from danil_jax.runtime.host_failures import HostsDisagree
+
 _barrier_ids = itertools.count()
 _agreement_ids = itertools.count()
-_watcher = None
 
 
 def _cpu_platform() -> bool:
@@ -75,17 +70,12 @@ def initialize(settings) -> None:
     # all-reduce; gloo needs nothing but the coordination service.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
-  _start_watcher()
+  host_failures.start_watcher()
 
 
 def is_chief() -> bool:
   """Process 0 builds data and writes logs, plots and JSON files."""
   return jax.process_index() == 0
-
-
-def _client():
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  return distributed.global_state.client
 
 
 def barrier(name: str, timeout_s: float) -> None:
@@ -94,7 +84,7 @@ def barrier(name: str, timeout_s: float) -> None:
     return
   barrier_id = f'danil_jax/{name}/{next(_barrier_ids)}'
   try:
-    _client().wait_at_barrier(barrier_id, int(timeout_s * 1000))
+    host_failures.client().wait_at_barrier(barrier_id, int(timeout_s * 1000))
   except jax.errors.JaxRuntimeError as e:
     raise TimeoutError(
         f'process {jax.process_index()} waited {timeout_s:.0f} s for every '
@@ -115,6 +105,10 @@ def chief_first(name: str, timeout_s: float):
     barrier(name, timeout_s)
 
 
+def _plain(value):
+  return json.loads(json.dumps(value))  # the same type on every host
+
+
 def chiefs_value(name: str, value, timeout_s: float = 600.0):
   """Process 0's `value` (anything JSON holds), on every host.
 
@@ -123,118 +117,66 @@ def chiefs_value(name: str, value, timeout_s: float = 600.0):
   still writing them): hosts that disagree would hang in the next collective
   or write diverging state. Every host must call it in the same order.
   """
-  value = json.loads(json.dumps(value))  # the same type on every host
+  value = _plain(value)
   if jax.process_count() == 1:
     return value
   key = f'danil_jax/chief/{name}/{next(_agreement_ids)}'
   if is_chief():
-    _client().key_value_set(key, json.dumps(value))
+    host_failures.client().key_value_set(key, json.dumps(value))
     return value
+  return json.loads(_get(key, timeout_s, 'process 0', name))
+
+
+def _get(key: str, timeout_s: float, whose: str, name: str) -> str:
   try:
-    return json.loads(_client().blocking_key_value_get(
-        key, int(timeout_s * 1000)))
+    return host_failures.client().blocking_key_value_get(key, int(timeout_s * 1000))
   except jax.errors.JaxRuntimeError as e:
     raise TimeoutError(
-        f'process {jax.process_index()} waited {timeout_s:.0f} s for process '
-        f'0\'s {name!r}; it is stuck or gone: {e}') from None
+        f'process {jax.process_index()} waited {timeout_s:.0f} s for '
+        f'{whose}\'s {name!r}; it is stuck or gone: {e}') from None
+
+
+def every_hosts_value(name: str, value, timeout_s: float = 600.0) -> list:
+  """[process 0's `value`, process 1's, ...] (anything JSON holds), on every
+  host. Every host must call it in the same order."""
+  value = _plain(value)
+  if jax.process_count() == 1:
+    return [value]
+  key = f'danil_jax/every/{name}/{next(_agreement_ids)}/'
+  host_failures.client().key_value_set(f'{key}{jax.process_index()}', json.dumps(value))
+  return [value if p == jax.process_index() else
+          json.loads(_get(f'{key}{p}', timeout_s, f'process {p}', name))
+          for p in range(jax.process_count())]
 
 
 def same_on_every_host(name: str, value, what: str) -> None:
-  """Raises ValueError on each host whose `value` differs from process 0's
-  (which then ends every host, `end_every_host`); `what` names it."""
-  chiefs = chiefs_value(name, value)
-  if json.loads(json.dumps(value)) != chiefs:
-    raise ValueError(
-        f'{what} differs between the hosts: process 0 has {chiefs}, process '
-        f'{jax.process_index()} has {json.loads(json.dumps(value))}; every '
-        'host must see the same files (a shared disk or a bucket)')
+  """Raises HostsDisagree on every host, with one message, unless every host
+  holds the same `value` (anything JSON holds; `what` names it).
 
-
-def post_error(message: str) -> None:
-  """Tells every other host that this one failed, with `message`."""
-  if jax.process_count() == 1:
-    return
-  try:
-    _client().key_value_set(f'{_ERRORS}{jax.process_index()}', message,
-                            allow_overwrite=True)
-  except Exception:  # pylint: disable=broad-except
-    pass  # the service is gone: the others learn it from their own client
-
-
-def _error_message(error: BaseException) -> str:
-  if isinstance(error, SystemExit) and isinstance(error.code, str):
-    return error.code.removeprefix('error: ')
-  return f'{type(error).__name__}: {error}'
-
-
-@contextlib.contextmanager
-def end_every_host():
-  """An exception in the block ends every host with its message, status 1.
-
-  In a one-process run the exception simply propagates, as does
-  faults.Preempted (status faults.EXIT_PREEMPTED) everywhere.
+  Decided together: each host sees every host's value, so none goes on into
+  a collective that another has left.
   """
-  from danil_jax.runtime import faults  # pylint: disable=g-import-not-at-top
-  try:
-    yield
-  except BaseException as e:  # pylint: disable=broad-except
-    if _watcher is None or isinstance(e, faults.Preempted) or (
-        isinstance(e, SystemExit) and e.code in (None, 0)):
-      # One process, a clean exit, or a preemption: every process stops
-      # after the same step (faults.PreemptionGuard) and leaves with the
-      # same status through jax's exit handlers, ending no other host.
-      raise
-    message = (f'process {jax.process_index()} of {jax.process_count()} '
-               f'failed: {_error_message(e)}')
-    post_error(message)
-    if not isinstance(e, SystemExit):
-      traceback.print_exc()
-    print(f'error: {message}', file=sys.stderr, flush=True)
-    _stop_watcher()
-    if is_chief():  # it hosts the coordination service
-      threading.Event().wait(_LINGER_S)
-    # Skip jax's exit handlers: their shutdown barrier would wait for the
-    # hosts that this error just ended.
-    os._exit(1)
-
-
-class _Watcher(threading.Thread):
-  """Ends this process when another host posts an error."""
-
-  def __init__(self, poll_s: float = 0.5):
-    super().__init__(name='danil_jax_error_watcher', daemon=True)
-    self.poll_s = poll_s
-    self.stop = threading.Event()
-
-  def run(self):
-    client, me = _client(), str(jax.process_index())
-    while not self.stop.wait(self.poll_s):
-      try:
-        posted = client.key_value_dir_get(_ERRORS)
-      except Exception:  # pylint: disable=broad-except
-        return  # shutting down
-      for key, message in posted:
-        if key.rsplit('/', 1)[-1] != me and not self.stop.is_set():
-          print(f'error: {message}', file=sys.stderr, flush=True)
-          os._exit(1)
-
-
-def _start_watcher() -> None:
-  global _watcher
-  if jax.process_count() == 1 or _watcher is not None:
+  values = every_hosts_value(name, value)
+  differing = [p for p, v in enumerate(values) if v != values[0]]
+  if not differing:
     return
-  _watcher = _Watcher()
-  _watcher.start()
-  # atexit runs last-registered first: this stops the watcher before jax's
-  # own handler shuts the distributed client down.
-  atexit.register(_stop_watcher)
+  shown = [_difference(values[0], values[p]) for p in differing]
+  raise HostsDisagree(
+      f'{what} differs between the hosts: process 0 has {shown[0][0]}, '
+      + ', '.join(f'process {p} has {mine}'
+                  for p, (_, mine) in zip(differing, shown))
+      + '; every host must see the same files and flags (a shared disk or a '
+      'bucket, the same command)')
 
 
-def _stop_watcher() -> None:
-  if _watcher is not None:
-    _watcher.stop.set()
-    if _watcher is not threading.current_thread():
-      _watcher.join(timeout=5)
+def _difference(chiefs, mine) -> tuple:
+  """The two values, or of two dicts only the keys where they differ."""
+  if not (isinstance(chiefs, dict) and isinstance(mine, dict)):
+    return chiefs, mine
+  keys = sorted(k for k in chiefs.keys() | mine.keys()
+                if chiefs.get(k, '(absent)') != mine.get(k, '(absent)'))
+  return ({k: chiefs.get(k, '(absent)') for k in keys},
+          {k: mine.get(k, '(absent)') for k in keys})
 
 
 # ------------------------------------------ the mesh and the global batch --

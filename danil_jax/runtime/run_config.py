@@ -52,6 +52,17 @@ OBSERVE_ONLY = (
     'eval.tta',
 )
 
+# Dotted key prefixes that may differ between the hosts of one job: how each
+# host joins and where it finds the same data (only process 0 builds it,
+# from manual_dir), and how many loader processes its CPUs run. Every other
+# key must be the same on every host (multihost.same_on_every_host).
+PER_HOST = (
+    'distributed_init',
+    'dataset.data_dir',
+    'dataset.manual_dir',
+    'input.num_workers',
+)
+
 
 class ConfigChanged(ValueError):
   """A rerun's config changes keys that change the result of the run."""
@@ -76,6 +87,12 @@ def as_plain(config: ml_collections.ConfigDict) -> dict:
 
 def _under(key: str, prefixes) -> bool:
   return any(key == p or key.startswith(p + '.') for p in prefixes)
+
+
+def shared_by_every_host(config: ml_collections.ConfigDict) -> dict:
+  """{dotted key: value} of the keys every host of a job must agree on."""
+  return {key: value for key, value in flatten(as_plain(config)).items()
+          if not _under(key, PER_HOST)}
 
 
 def differences(old: dict, new: dict, *,

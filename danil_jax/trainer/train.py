@@ -56,6 +56,8 @@ def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
   named before any data is built or model compiled.
   """
   config_checks.check(config)
+  multihost.same_on_every_host('config', run_config.shared_by_every_host(
+      config), 'the config (the keys that differ)')
   if config.model.pretrained:
     from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
     weights.check(config.model.name, config.model.pretrained)
@@ -87,12 +89,15 @@ def _open_data(config: ml_collections.ConfigDict,
         config=config.dataset.builder_config or None, build=is_chief)
   config_checks.check_splits(config, builder)
   class_names = list(builder.info.features['label'].names)
+  train_source = builder.as_data_source(config.dataset.train_split)
+  multihost.same_on_every_host(
+      'dataset', [class_names, len(train_source)],
+      'the data set (its classes, the number of training images)')
   if len(class_names) != config.dataset.num_classes:
     raise ValueError(
         f'config.dataset.num_classes is {config.dataset.num_classes} but '
         f'{config.dataset.name!r} has {len(class_names)} classes: '
         f'{class_names}')
-  train_source = builder.as_data_source(config.dataset.train_split)
   model_info = models.info(config.model.name)
   pre = input_pipeline.Preprocessing(
       size=config.dataset.image_size or model_info.input_size,
@@ -216,6 +221,9 @@ def _resume(run: train_loop.Run, state, evaluate: train_loop.Evaluation):
   config, workdir = run.config, run.workdir
   manager = checkpointing.make_manager(workdir,
                                        max_to_keep=config.keep_checkpoints)
+  multihost.same_on_every_host(
+      'checkpoint', manager.latest_step(),
+      'the latest checkpoint step in WORKDIR/checkpoints')
   restored = checkpointing.restore_latest(
       manager, steps.state_to_checkpoint(state))
   if restored is not None:

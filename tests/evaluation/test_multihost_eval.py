@@ -15,6 +15,7 @@ session's XLA cache (conftest.py).
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,6 @@ import pytest
 from tests.trainer import test_multihost as jobs
 
 from danil_jax.evaluation import trained_run
-import data_prep
 
 VALIDATION = 'train[2000:2100]'
 EPOCHS, STEPS_PER_EPOCH = 3, 4
@@ -78,12 +78,11 @@ def _read_csv(path):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, demo_data_dir):
   """{'pod': 2 processes x 1 device, 'two': 1 x 2} workdirs (the jobs run
   side by side), the data and the temporary directory."""
   tmp_path = tmp_path_factory.mktemp('multihost_eval')
-  data_dir = tmp_path / 'data'
-  data_prep.prepare('danil_demo', data_dir=str(data_dir))
+  data_dir = demo_data_dir
   shapes = dict(pod=(2, 1), two=(1, 2))
   started = {name: _start_job(_train_command(tmp_path / name, data_dir),
                               tmp_path, name, processes=p, devices=d)
@@ -327,18 +326,22 @@ def test_evaluate_on_two_processes(trained, one_host):
   _assert_same_metrics(single, got, rtol=1e-5)
 
 
-def test_predict_on_two_processes(trained, one_host_run):
-  tmp = trained['tmp']
-  images = tmp / 'images'
-  images.mkdir()
-  run = one_host_run
+def _images_with_a_broken_one(run, folder):
+  """30 test images and a broken file (sorted last): process 0 reads the
+  first 24 of the batch of 48, process 1 the rest, the broken file
+  included."""
+  folder.mkdir()
   source = run.builder.as_data_source('test')
-  # 30 files and a broken one (sorted last): process 0 reads the first 24
-  # of the batch of 48, process 1 the rest, the broken file included.
   for i in range(30):
-    Image.fromarray(source[i]['image']).save(images / f'img{i:02d}.png')
-  (images / 'z_broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
-  out = tmp / 'preds.csv'
+    Image.fromarray(source[i]['image']).save(folder / f'img{i:02d}.png')
+  (folder / 'z_broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+  return folder
+
+
+def test_predict_on_two_processes(trained, one_host_run, tmp_path):
+  run = one_host_run
+  images = _images_with_a_broken_one(run, tmp_path / 'images')
+  out = tmp_path / 'preds.csv'
   logs = _command(trained, 'predict', f'--images={images}', f'--out={out}',
                   '--skip_bad')
   assert 'z_broken.jpg' in logs[1] and 'z_broken.jpg' not in logs[0]
@@ -379,25 +382,45 @@ def test_response_maps_on_two_processes(trained, one_host_run):
                                err_msg=key)
 
 
-def test_hosts_that_list_other_images_end_with_a_message(trained):
+def test_hosts_that_list_other_images_end_with_a_message(trained, tmp_path):
   """Hosts whose --images differ (no shared disk) would score and write
-  mismatched slices: every host ends, non-zero, naming the difference."""
-  tmp = trained['tmp']
+  mismatched slices: every host ends, non-zero, with one message naming the
+  difference, decided together before any collective."""
   for name, count in (('two_images', 2), ('one_image', 1)):
-    (tmp / name).mkdir()
+    (tmp_path / name).mkdir()
     for i in range(count):
       Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(
-          tmp / name / f'{i}.png')
+          tmp_path / name / f'{i}.png')
   argv = [sys.executable, '-m', 'danil_jax.predict',
-          f"--workdir={trained['pod']}", f'--out={tmp / "never.csv"}']
-  processes = jobs.start_two(argv + [f"--images={tmp / 'two_images'}"], tmp,
-                             'disagree',
-                             argv_1=argv + [f"--images={tmp / 'one_image'}"])
+          f"--workdir={trained['pod']}", f'--out={tmp_path / "never.csv"}']
+  processes = jobs.start_two(
+      argv + [f"--images={tmp_path / 'two_images'}"], tmp_path, 'disagree',
+      argv_1=argv + [f"--images={tmp_path / 'one_image'}"])
   codes = jobs.finish(processes)
-  logs = [jobs.read_log(tmp / f'disagree_{p}.log') for p in range(2)]
-  assert codes[0] != 0 and codes[1] != 0, logs
+  logs = [jobs.read_log(tmp_path / f'disagree_{p}.log') for p in range(2)]
+  assert codes == [1, 1], logs
   for log in logs:
-    assert ('process 1 of 2 failed: the list of --images files (count, '
-            'digest) differs between the hosts: process 0 has [2, ') in log, (
-                log[-3000:])
-  assert not (tmp / 'never.csv').exists()
+    assert re.search(
+        r'error: the list of --images files \(count, digest\) differs between '
+        r'the hosts: process 0 has \[2, \'\w+\'\], process 1 has \[1, '
+        r'\'\w+\'\]', log), log[-3000:]
+  assert not (tmp_path / 'never.csv').exists()
+
+
+def test_a_file_one_host_cannot_read_ends_every_host_with_its_name(
+    trained, one_host_run, tmp_path):
+  """Process 1 fails on its share of the files while process 0 goes on into
+  the eval step's collective: both print process 1's message."""
+  images = _images_with_a_broken_one(one_host_run, tmp_path / 'images')
+  argv = [sys.executable, '-m', 'danil_jax.predict',
+          f"--workdir={trained['pod']}", f'--images={images}',
+          f'--out={tmp_path / "never.csv"}']
+  processes = jobs.start_two(argv, tmp_path, 'unreadable')
+  codes = jobs.finish(processes)
+  logs = [jobs.read_log(tmp_path / f'unreadable_{p}.log') for p in range(2)]
+  assert codes == [1, 1], logs
+  for log in logs:
+    assert ('error: process 1 of 2 failed: 1 unreadable file(s) '
+            '(--skip_bad leaves them out):') in log, log[-3000:]
+    assert 'z_broken.jpg' in log
+  assert not (tmp_path / 'never.csv').exists()

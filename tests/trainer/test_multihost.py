@@ -117,7 +117,8 @@ def assert_same_run(workdir, reference, *, rtol=1e-5, atol=1e-6,
   np.testing.assert_allclose(metrics[0]['loss'], metrics[1]['loss'], rtol=rtol)
 
 
-def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+def test_two_processes_equal_one_process_with_two_devices(tmp_path,
+                                                          reference_run):
   data_dir = tmp_path / 'data'  # fresh: process 0 builds, process 1 waits
   work = tmp_path / 'two_processes'
   # A first two-process job, killed once it has written a checkpoint.
@@ -139,11 +140,9 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   on_one = tmp_path / 'resumed_on_one_process'
   shutil.copytree(work, on_one)
 
-  # The uninterrupted reference: one process, two devices.
-  reference = tmp_path / 'one_process'
-  ref = start(command(reference, data_dir), tmp_path / 'reference.log',
-              devices=2)
-  assert finish([ref]) == [0], read_log(tmp_path / 'reference.log')[-3000:]
+  # The uninterrupted reference: one process, two devices (the same job on
+  # the suite's shared copy of the data).
+  reference = reference_run
 
   # Rerunning both processes resumes and ends as the uninterrupted run.
   again = start_two(command(work, data_dir), tmp_path, 'again')
@@ -165,12 +164,12 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
                   same_predictions=False)
 
 
-def test_an_error_on_one_host_ends_both(tmp_path):
-  # Process 1 is given a data dir that lacks the data set process 0 builds,
-  # as when a user forgets the shared disk.
-  data_dir, elsewhere = tmp_path / 'data', tmp_path / 'not_shared'
+def test_an_error_on_one_host_ends_both(tmp_path, demo_data_dir):
+  # Process 1 is given a data dir that lacks the data set process 0 has, as
+  # when a user forgets the shared disk.
+  elsewhere = tmp_path / 'not_shared'
   elsewhere.mkdir()
-  processes = start_two(command(tmp_path / 'work', data_dir), tmp_path,
+  processes = start_two(command(tmp_path / 'work', demo_data_dir), tmp_path,
                         'error', argv_1=command(tmp_path / 'work', elsewhere))
   # Whichever ends first, the other follows within seconds: far sooner than
   # the coordination service's heartbeat (100 s) or a collective's timeout.
@@ -179,10 +178,31 @@ def test_an_error_on_one_host_ends_both(tmp_path):
     time.sleep(0.2)
   codes = finish(processes, timeout=30)
   logs = [read_log(tmp_path / f'error_{p}.log') for p in range(2)]
-  assert codes[0] != 0 and codes[1] != 0, logs
-  message = 'process 1 of 2 failed: dataset \'danil_demo\' is not in data_dir'
+  assert codes == [1, 1], logs
+  message = ('error: process 1 of 2 failed: dataset \'danil_demo\' is not in '
+             'data_dir')
   for log in logs:
     assert message in log, log[-3000:]
+
+
+def test_hosts_started_with_other_flags_stop_together_naming_the_keys(
+    tmp_path, demo_data_dir):
+  """Decided together, before any data or collective: every host prints the
+  keys that differ, with each host's value."""
+  argv = command(tmp_path / 'work', demo_data_dir)
+  processes = start_two(argv, tmp_path, 'flags', argv_1=argv + [
+      '--config.optim.learning_rate=0.5', '--config.seed=7',
+      '--config.input.num_workers=1'])  # a key each host may set its own way
+  codes = finish(processes, timeout=120)
+  logs = [read_log(tmp_path / f'flags_{p}.log') for p in range(2)]
+  assert codes == [1, 1], logs
+  for log in logs:
+    assert ("error: the config (the keys that differ) differs between the "
+            "hosts: process 0 has {'optim.learning_rate': 0.05, 'seed': 0}, "
+            "process 1 has {'optim.learning_rate': 0.5, 'seed': 7}") in log, (
+                log[-3000:])
+    assert 'failed' not in log and 'Traceback' not in log
+  assert not (tmp_path / 'work' / 'config.json').exists()
 
 
 REPLICATE = '''

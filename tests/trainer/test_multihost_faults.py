@@ -38,11 +38,15 @@ from danil_jax.trainer import train_loop
 delay = float(sys.argv.pop(1))  # seconds of sleep after each step
 poison = sys.argv.pop(1)  # 'PROCESS:STEP,STEP' or ''
 before = sys.argv.pop(1)  # 'PROCESS:SIGNAL' or ''
+crash = sys.argv.pop(1)  # 'PROCESS:STEP' or ''
 original_add = faults.NonFiniteMonitor.add
 
 def add(self, step, metrics):
+  import jax
   original_add(self, step, metrics)
   print(f'finished step {step}', file=sys.stderr, flush=True)
+  if crash and crash == f'{jax.process_index()}:{step}':
+    raise RuntimeError(f'a bug after step {step}')
   time.sleep(delay)
 
 faults.NonFiniteMonitor.add = add
@@ -81,12 +85,12 @@ if __name__ == '__main__':
 
 
 def start_job(tmp_path, workdir, data_dir, name, *overrides, processes=2,
-              devices=1, step_delay_s=0.0, poison='', before=''):
+              devices=1, step_delay_s=0.0, poison='', before='', crash=''):
   """The processes of a job, each logging to tmp_path/<name>_<i>.log."""
   driver = tmp_path / 'driver.py'
   driver.write_text(_DRIVER)
   argv = [sys.executable, str(driver), str(step_delay_s), poison, before,
-          *command(workdir, data_dir, *overrides)[3:]]
+          crash, *command(workdir, data_dir, *overrides)[3:]]
   port = portpicker.pick_unused_port()
   return [start(argv, tmp_path / f'{name}_{p}.log', devices=devices,
                 process_id=p, num_processes=processes, port=port)
@@ -129,26 +133,22 @@ def stop_step(job_logs):
 SLOW = 0.75
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('data')
+@pytest.fixture
+def data_dir(demo_data_dir):
+  return demo_data_dir
+
+
+@pytest.fixture
+def reference(reference_run):
+  """The uninterrupted run: one process with two devices."""
+  return reference_run
 
 
 @pytest.fixture(scope='module')
-def reference(tmp_path_factory, data_dir):
-  """The uninterrupted run: one process with two devices (builds the data)."""
-  tmp = tmp_path_factory.mktemp('reference')
-  ref = start(command(tmp / 'work', data_dir), tmp / 'reference.log',
-              devices=2)
-  assert finish([ref]) == [0], read_log(tmp / 'reference.log')[-3000:]
-  return tmp / 'work'
-
-
-@pytest.fixture(scope='module')
-def preempted(tmp_path_factory, data_dir, reference):
+def preempted(tmp_path_factory, demo_data_dir):
   """A two-process job stopped by SIGTERM to process 0 and, two seconds
   later, to process 1: (its workdir, the step it stopped after)."""
-  del reference  # built the data
+  data_dir = demo_data_dir
   tmp = tmp_path_factory.mktemp('preempted')
   work = tmp / 'work'
   job = start_job(tmp, work, data_dir, 'term', step_delay_s=SLOW)
@@ -222,8 +222,7 @@ def test_a_two_process_checkpoint_resumes_on_one_and_on_four_processes(
 
 
 def test_a_nan_on_one_host_is_skipped_then_stops_every_host_at_one_step(
-    tmp_path, data_dir, reference):
-  del reference  # built the data
+    tmp_path, data_dir):
   work = tmp_path / 'work'
   # Only process 1's share of batches 5, 9 and 10 is NaN; the loss is the
   # mean over the global batch, so every process must see it.
@@ -243,9 +242,7 @@ def test_a_nan_on_one_host_is_skipped_then_stops_every_host_at_one_step(
   assert checkpoint_steps(work) == [4, 8]
 
 
-def test_a_host_killed_ends_the_others_within_seconds(tmp_path, data_dir,
-                                                      reference):
-  del reference  # built the data
+def test_a_host_killed_ends_the_others_within_seconds(tmp_path, data_dir):
   job = start_job(tmp_path, tmp_path / 'work', data_dir, 'killed',
                   step_delay_s=SLOW)
   wait_for_step(tmp_path / 'killed_1.log', 2, job)
@@ -253,11 +250,24 @@ def test_a_host_killed_ends_the_others_within_seconds(tmp_path, data_dir,
   started = time.time()
   codes = finish(job, timeout=120)
   survivor = logs(tmp_path, 'killed')[0]
-  assert codes[0] != 0 and codes[1] == -9, survivor[-3000:]
-  # gloo's broken connection or the coordination service's missed
-  # heartbeat, named: not a collective's timeout (30 min) or a hang.
+  assert codes == [1, -9], survivor[-3000:]
+  # Not a collective's timeout (30 min), a hang or JAX's heartbeat (100 s):
+  # the survivor's roll call names the host that is gone.
   assert time.time() - started < 60
-  # gloo words it 'reset' or 'closed' by peer depending on which read
-  # or write meets the dead socket first.
-  assert re.search(r'Connection (reset|closed) by peer|another task died',
-                   survivor), survivor[-3000:]
+  assert ('error: process 1 of 2 is gone without a message (killed, out of '
+          'memory, or a lost machine') in survivor, survivor[-3000:]
+
+
+def test_a_crash_on_one_host_mid_run_ends_every_host_with_its_message(
+    tmp_path, data_dir):
+  # Process 1 raises after step 3 while process 0 goes on into step 4's
+  # collectives: process 0 must print process 1's error, not gloo's.
+  job = start_job(tmp_path, tmp_path / 'work', data_dir, 'crash',
+                  crash='1:3')
+  codes = finish(job, timeout=120)
+  job_logs = logs(tmp_path, 'crash')
+  assert codes == [1, 1], [log[-3000:] for log in job_logs]
+  for log in job_logs:
+    assert ('error: process 1 of 2 failed: RuntimeError: a bug after step 3'
+            in log), log[-3000:]
+    assert 'error: process 0' not in log
