@@ -8,8 +8,8 @@ turns any error into the same message on every host, status 1:
 
 - the failing host posts its message in the coordination service's
   key-value store, prints it and waits (at most `_LEAVE_WAIT_S`) at a barrier
-  of the hosts still there, so that neither its connections nor the service
-  (which process 0 hosts) go away before the others have read it;
+  of the hosts still there, so that its connections do not close before the
+  others have read it; process 0, which hosts the service, leaves last;
 - every other host reads the message from a background thread (`_Watcher`)
   and ends with it, even while it waits in a collective;
 - a host whose own collective fails first looks for a posted message before
@@ -43,6 +43,10 @@ _PRESENT = 'danil_jax/present/'  # the hosts that answered a roll call
 _LEAVE_WAIT_S = 10.0
 _ROLL_CALL_S = 5.0
 _POLL_S = 0.25
+# Process 0 hosts the service: the others' JAX clients abort their process
+# (SIGABRT, a stack trace under the message) once it is gone, so it leaves
+# last, this long after the others left the barrier for their own exit.
+_CHIEF_LAST_S = 3.0
 _watcher = None
 # Taken once, by whichever thread ends the process first.
 _leaving = threading.Lock()
@@ -186,6 +190,8 @@ def _leave(message: str, gone: list[int]) -> None:
                              staying)
   except Exception:  # pylint: disable=broad-except
     pass  # a host or the service already gone: nobody left to tell
+  if jax.process_index() == 0:
+    time.sleep(_CHIEF_LAST_S)
   os._exit(1)
 
 
