@@ -91,7 +91,8 @@ def maps_and_ld(model, variables, images, labels):
   k = logits.shape[-1]
   (diff,) = vjp(jax.nn.one_hot(pred, k, dtype=logits.dtype)
                 - jax.nn.one_hot(labels, k, dtype=logits.dtype))
-  _, aux = losses.danil_loss(fn, images, labels, has_aux=True)
+  _, aux = losses.danil_loss(fn, images, labels, has_aux=True,
+                            reduction='per_image')
   return (diff.astype(jnp.float32), aux['distance'], aux['distraction'],
           pred)
 

@@ -183,3 +183,37 @@ def test_every_documented_command_answers_help():
         not re.search(r'usage|flags:', out, re.I)):
       failed.append(f'{module}: exit {proc.returncode}\n{out[-2000:]}')
   assert not failed, '\n'.join(failed)
+
+
+# The `train` extra's import names: none may load with the method, which the
+# core install (jax and optax) must run alone.
+TRAIN_ONLY = ('flax', 'orbax', 'tensorflow_datasets', 'tensorflow', 'grain',
+              'array_record', 'sklearn', 'ml_collections', 'PIL', 'tqdm',
+              'matplotlib', 'safetensors', 'tensorboard', 'torch')
+
+
+def test_the_public_loss_and_the_method_need_only_the_core_install():
+  """`pip install danil-jax` (no extras) brings jax and optax: importing
+  the loss and the method layer may load nothing of the `train` extra."""
+  method = [f'danil_jax.method.{m[:-3]}'
+            for m in sorted(os.listdir(os.path.join(PACKAGE, 'method')))
+            if m.endswith('.py')]
+  code = ('import sys\nimport danil_jax.losses\n' +
+          ''.join(f'import {m}\n' for m in method) +
+          'print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))')
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          capture_output=True, text=True, timeout=300,
+                          check=True)
+  loaded = set(result.stdout.split())
+  assert 'jax' in loaded and 'optax' in loaded
+  assert not loaded & set(TRAIN_ONLY), sorted(loaded & set(TRAIN_ONLY))
+
+
+def test_the_core_install_is_jax_and_optax():
+  tomllib = pytest.importorskip('tomllib')
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    project = tomllib.load(f)['project']
+  names = {re.split(r'[\[<>=!~ ]', d)[0] for d in project['dependencies']}
+  assert names == {'jax', 'optax'}, names
+  assert 'train' in project['optional-dependencies']
