@@ -146,8 +146,23 @@ def test_the_public_loss_import():
   from danil_jax.losses import danil_loss  # pylint: disable=g-import-not-at-top
   method_losses = importlib.import_module('danil_jax.method.losses')
   assert danil_loss is losses.danil_loss is method_losses.danil_loss
-  for name in ('cross_entropy_loss', 'ohem_loss', 'REDUCTIONS'):
+  for name in ('cross_entropy_loss', 'ohem_loss', 'REDUCTIONS',
+               'DEFAULT_REDUCTION'):
     assert getattr(losses, name) is getattr(method_losses, name)
+
+
+def test_the_loss_defaults_to_the_trainers_reading():
+  """So that the paper's lam acts alike in `danil_loss(...)` and in a run."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from danil_jax import losses  # pylint: disable=g-import-not-at-top
+  from danil_jax.method import misclassified_only  # pylint: disable=g-import-not-at-top
+  trainer = default.get_config().danil.reduction
+  assert losses.DEFAULT_REDUCTION == trainer
+  for fn in (losses.danil_loss, misclassified_only.value_and_grad,
+             misclassified_only.terms,
+             misclassified_only.distraction_value_and_grad):
+    assert inspect.signature(fn).parameters['reduction'].default == trainer
 
 
 def _documented_commands() -> set[str]:

@@ -67,6 +67,9 @@ def ohem_loss(logits: jax.Array, labels: jax.Array,
 
 
 REDUCTIONS = ('per_image', 'batch')
+# The trainer's reading (configs/default.py, danil.reduction): the one in
+# which the paper's lam = 1e-5 acts.
+DEFAULT_REDUCTION = 'batch'
 
 
 def danil_loss(
@@ -77,7 +80,7 @@ def danil_loss(
     lam: float = 1e-5,
     eps: float = 1e-4,
     has_aux: bool = False,
-    reduction: str = 'batch',
+    reduction: str = DEFAULT_REDUCTION,
 ) -> tuple[jax.Array, dict[str, Any]]:
   """DANIL total loss L = L+c + lam * Ld (Eq. 6) for a batch.
 
