@@ -62,7 +62,6 @@ def run(main) -> None:
   resolved config with its value and exits (commands with a config file).
   The libraries' warnings that tell the user nothing (NOISE) are dropped.
   """
-  logging.get_absl_logger().addFilter(_drop_noise)
   if _config_file_flag() is not None and 'print_config' not in flags.FLAGS:
     flags.DEFINE_bool('print_config', False, 'Print every key of the '
                       'resolved config (file and overrides) with its value, '
@@ -84,6 +83,12 @@ def _drop_noise(record: std_logging.LogRecord) -> bool:
   message = str(record.msg)
   return not any(record.pathname.endswith(module) and message.startswith(
       start) for module, start in NOISE)
+
+
+# On import, not in `run`: grain's worker processes import the command's
+# module again (not as __main__) and decode images there, where TFDS warns
+# about OpenCV once more per worker.
+logging.get_absl_logger().addFilter(_drop_noise)
 
 
 def format_config(config: ml_collections.ConfigDict) -> str:
