@@ -226,10 +226,32 @@ def test_the_public_loss_and_the_method_need_only_the_core_install():
   assert not loaded & set(TRAIN_ONLY), sorted(loaded & set(TRAIN_ONLY))
 
 
-def test_the_core_install_is_jax_and_optax():
+def test_the_core_install_is_jax_and_optax_the_version_is_in_one_place():
   tomllib = pytest.importorskip('tomllib')
   with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
-    project = tomllib.load(f)['project']
+    pyproject = tomllib.load(f)
+  project = pyproject['project']
   names = {re.split(r'[\[<>=!~ ]', d)[0] for d in project['dependencies']}
   assert names == {'jax', 'optax'}, names
-  assert 'train' in project['optional-dependencies']
+  assert {'train', 'cuda12', 'cuda13', 'tpu', 'dev'} <= set(
+      project['optional-dependencies'])
+  assert 'version' not in project and 'version' in project['dynamic']
+  assert pyproject['tool']['setuptools']['dynamic']['version'] == {
+      'attr': 'danil_jax.__version__'}
+  assert os.path.exists(os.path.join(PACKAGE, 'py.typed'))
+
+
+def _sh_blocks(text: str) -> list[list[str]]:
+  return [block.strip().splitlines()
+          for block in re.findall(r'^```sh\n(.*?)^```', text, re.S | re.M)]
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+  """The README opens with the install and demo commands, then the test
+  commands, which .ci/run runs as they are written."""
+  readme = open(os.path.join(REPO, 'README.md')).read()
+  (install, demo), tests = _sh_blocks(readme)[0], _sh_blocks(readme)[1]
+  assert install.startswith('pip install -e ".[train'), install
+  assert demo.startswith('python -m danil_jax.main'), demo
+  ci = open(os.path.join(REPO, '.ci', 'run')).read().splitlines()
+  assert tests and all(line in ci for line in tests), tests
