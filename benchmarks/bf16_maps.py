@@ -91,7 +91,8 @@ def maps_and_ld(model, variables, images, labels):
   k = logits.shape[-1]
   (diff,) = vjp(jax.nn.one_hot(pred, k, dtype=logits.dtype)
                 - jax.nn.one_hot(labels, k, dtype=logits.dtype))
-  _, aux = losses.danil_loss(fn, images, labels, has_aux=True)
+  _, aux = losses.danil_loss(fn, images, labels, has_aux=True,
+                            reduction='per_image')
   return (diff.astype(jnp.float32), aux['distance'], aux['distraction'],
           pred)
 
@@ -112,7 +113,8 @@ def mode_maps_and_ld(model, variables, images, labels, map_dtype):
   diff = diff.astype(jnp.float32)
   distance = jnp.sum(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
   ld, _, _ = misclassified_only.distraction_value_and_grad(
-      logits_fn, params, images, labels, pred, eps=1e-4)
+      logits_fn, params, images, labels, pred, eps=1e-4,
+      reduction='per_image')
   return diff, distance, ld, pred
 
 

@@ -9,4 +9,12 @@ is grouped by concern into layers, each importing only the ones before it:
 
 docs/architecture.md says what each holds; tests/test_layout.py holds the
 rule.
+
+`pip install danil-jax` brings the method alone (jax and optax); the
+trainer, data and evaluation need the `train` extra.
 """
+
+# The one place the version is written: pyproject.toml reads it
+# (setuptools dynamic version), CHANGELOG.md lists what each one changed.
+__version__ = '0.2.0'
+

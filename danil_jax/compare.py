@@ -35,6 +35,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from danil_jax.experiments import comparison
+from danil_jax.runtime import cli
 from danil_jax.runtime import run_config
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
@@ -174,7 +175,6 @@ def main(argv):
     sweep = parse_sweep(_SWEEP.value, config)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
   cli.setup(config)  # before anything touches the JAX backend
   import jax  # pylint: disable=g-import-not-at-top
   is_chief = jax.process_index() == 0
@@ -277,4 +277,4 @@ def _write_comparison(config, workdir: str, sweep, summaries) -> None:
   print(f'\nwrote {plot} and {forest}')
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

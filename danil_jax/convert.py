@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 from danil_jax.models import weights
+from danil_jax.runtime import cli
 
 _ARCH = flags.DEFINE_string(
     'arch', None, 'Architecture: one of the registered torch-mirroring models '
@@ -36,4 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

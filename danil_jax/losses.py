@@ -7,7 +7,9 @@ README documents, `from danil_jax.losses import danil_loss`, stable.
 
 from danil_jax.method.losses import cross_entropy_loss
 from danil_jax.method.losses import danil_loss
+from danil_jax.method.losses import DEFAULT_REDUCTION
 from danil_jax.method.losses import ohem_loss
 from danil_jax.method.losses import REDUCTIONS
 
-__all__ = ['REDUCTIONS', 'cross_entropy_loss', 'danil_loss', 'ohem_loss']
+__all__ = ['DEFAULT_REDUCTION', 'REDUCTIONS', 'cross_entropy_loss',
+           'danil_loss', 'ohem_loss']

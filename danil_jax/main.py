@@ -2,6 +2,8 @@
 
 python -m danil_jax.main --config=configs/demo.py --workdir=/tmp/demo
   [--config.method=danil --config.danil.lam=1e-5 ...]
+python -m danil_jax.main --config=configs/demo.py --print_config
+  [--config.x=y ...]   # every key of the resolved config, then exit
 """
 
 from absl import app
@@ -9,9 +11,12 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+# Loads no JAX, so --help answers at once.
+from danil_jax.runtime import cli
+
+# Not marked required: --print_config needs none.
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics; '
                     'rerunning with the same one resumes.')
-flags.mark_flags_as_required(['workdir'])
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 
@@ -22,8 +27,8 @@ def main(argv):
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError('--config=configs/<name>.py is required')
-  # Imported here so --help answers without loading JAX.
-  from danil_jax.runtime import cli
+  if flags.FLAGS.workdir is None:
+    raise app.UsageError('--workdir is required')
   cli.setup(config)  # before anything touches the JAX backend
   from danil_jax.trainer import train
   logging.info('config:\n%s', config)
@@ -32,4 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

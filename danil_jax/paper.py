@@ -39,6 +39,7 @@ from danil_jax.experiments import comparison
 from danil_jax.experiments import paper_grid
 from danil_jax.experiments import paper_numbers as pn
 from danil_jax.experiments import paper_tables
+from danil_jax.runtime import cli
 from danil_jax.runtime import run_config
 
 
@@ -77,9 +78,8 @@ def _define_flags() -> None:
                                    'Write one command per unfinished run here.')
   _COLLECT = flags.DEFINE_bool('collect', False,
                                'Only read finished runs and render the tables.')
-  config_flags.DEFINE_config_dict('config', default.get_config(),
-                                  'Overrides for every run (keys of '
-                                  'configs/default.py).', lock_config=True)
+  cli.define_config_dict(default.get_config(), 'Overrides for every run '
+                         '(keys of configs/default.py).')
 
 
 # Keys that may differ between a finished run and the grid without changing
@@ -309,8 +309,6 @@ def _emit_jobs(path: str, todo: list[paper_grid.Run],
 
 def _train_all(runs: list[paper_grid.Run], todo: list[paper_grid.Run]) -> None:
   """Trains the unfinished runs, one after the other."""
-  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
-
   # Even with nothing to train: the processes of a multi-host job then agree
   # on which one writes the tables.
   cli.setup(runs[0].config)  # before anything touches the JAX backend
@@ -325,4 +323,4 @@ def _train_all(runs: list[paper_grid.Run], todo: list[paper_grid.Run]) -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -146,8 +146,23 @@ def test_the_public_loss_import():
   from danil_jax.losses import danil_loss  # pylint: disable=g-import-not-at-top
   method_losses = importlib.import_module('danil_jax.method.losses')
   assert danil_loss is losses.danil_loss is method_losses.danil_loss
-  for name in ('cross_entropy_loss', 'ohem_loss', 'REDUCTIONS'):
+  for name in ('cross_entropy_loss', 'ohem_loss', 'REDUCTIONS',
+               'DEFAULT_REDUCTION'):
     assert getattr(losses, name) is getattr(method_losses, name)
+
+
+def test_the_loss_defaults_to_the_trainers_reading():
+  """So that the paper's lam acts alike in `danil_loss(...)` and in a run."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from danil_jax import losses  # pylint: disable=g-import-not-at-top
+  from danil_jax.method import misclassified_only  # pylint: disable=g-import-not-at-top
+  trainer = default.get_config().danil.reduction
+  assert losses.DEFAULT_REDUCTION == trainer
+  for fn in (losses.danil_loss, misclassified_only.value_and_grad,
+             misclassified_only.terms,
+             misclassified_only.distraction_value_and_grad):
+    assert inspect.signature(fn).parameters['reduction'].default == trainer
 
 
 def _documented_commands() -> set[str]:
@@ -178,8 +193,65 @@ def test_every_documented_command_answers_help():
   failed = []
   for module, proc in procs.items():
     out, _ = proc.communicate(timeout=300)
-    # absl's --help exits 1, argparse's 0; a crash is a traceback.
-    if (proc.returncode not in (0, 1) or 'Traceback' in out or
+    # Every command's --help exits 0 (runtime/cli.py for absl's, which
+    # would exit 1); a crash is a traceback.
+    if (proc.returncode != 0 or 'Traceback' in out or
         not re.search(r'usage|flags:', out, re.I)):
       failed.append(f'{module}: exit {proc.returncode}\n{out[-2000:]}')
   assert not failed, '\n'.join(failed)
+
+
+# The `train` extra's import names: none may load with the method, which the
+# core install (jax and optax) must run alone.
+TRAIN_ONLY = ('flax', 'orbax', 'tensorflow_datasets', 'tensorflow', 'grain',
+              'array_record', 'sklearn', 'ml_collections', 'PIL', 'tqdm',
+              'matplotlib', 'safetensors', 'tensorboard', 'torch')
+
+
+def test_the_public_loss_and_the_method_need_only_the_core_install():
+  """`pip install danil-jax` (no extras) brings jax and optax: importing
+  the loss and the method layer may load nothing of the `train` extra."""
+  method = [f'danil_jax.method.{m[:-3]}'
+            for m in sorted(os.listdir(os.path.join(PACKAGE, 'method')))
+            if m.endswith('.py')]
+  code = ('import sys\nimport danil_jax.losses\n' +
+          ''.join(f'import {m}\n' for m in method) +
+          'print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))')
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          capture_output=True, text=True, timeout=300,
+                          check=True)
+  loaded = set(result.stdout.split())
+  assert 'jax' in loaded and 'optax' in loaded
+  assert not loaded & set(TRAIN_ONLY), sorted(loaded & set(TRAIN_ONLY))
+
+
+def test_the_core_install_is_jax_and_optax_the_version_is_in_one_place():
+  tomllib = pytest.importorskip('tomllib')
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    pyproject = tomllib.load(f)
+  project = pyproject['project']
+  names = {re.split(r'[\[<>=!~ ]', d)[0] for d in project['dependencies']}
+  assert names == {'jax', 'optax'}, names
+  assert {'train', 'cuda12', 'cuda13', 'tpu', 'dev'} <= set(
+      project['optional-dependencies'])
+  assert 'version' not in project and 'version' in project['dynamic']
+  assert pyproject['tool']['setuptools']['dynamic']['version'] == {
+      'attr': 'danil_jax.__version__'}
+  assert os.path.exists(os.path.join(PACKAGE, 'py.typed'))
+
+
+def _sh_blocks(text: str) -> list[list[str]]:
+  return [block.strip().splitlines()
+          for block in re.findall(r'^```sh\n(.*?)^```', text, re.S | re.M)]
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+  """The README opens with the install and demo commands, then the test
+  commands, which .ci/run runs as they are written."""
+  readme = open(os.path.join(REPO, 'README.md')).read()
+  (install, demo), tests = _sh_blocks(readme)[0], _sh_blocks(readme)[1]
+  assert install.startswith('pip install -e ".[train'), install
+  assert demo.startswith('python -m danil_jax.main'), demo
+  ci = open(os.path.join(REPO, '.ci', 'run')).read().splitlines()
+  assert tests and all(line in ci for line in tests), tests

@@ -67,6 +67,9 @@ def ohem_loss(logits: jax.Array, labels: jax.Array,
 
 
 REDUCTIONS = ('per_image', 'batch')
+# The trainer's reading (configs/default.py, danil.reduction): the one in
+# which the paper's lam = 1e-5 acts.
+DEFAULT_REDUCTION = 'batch'
 
 
 def danil_loss(
@@ -77,7 +80,7 @@ def danil_loss(
     lam: float = 1e-5,
     eps: float = 1e-4,
     has_aux: bool = False,
-    reduction: str = 'per_image',
+    reduction: str = DEFAULT_REDUCTION,
 ) -> tuple[jax.Array, dict[str, Any]]:
   """DANIL total loss L = L+c + lam * Ld (Eq. 6) for a batch.
 
@@ -91,9 +94,14 @@ def danil_loss(
     eps: stabiliser of Eq. 5; the paper uses 1e-4.
     has_aux: whether `logits_fn` returns `(logits, model_aux)`.
     reduction: how Algorithm 1 (one image) reads on a batch (module
-      docstring): 'per_image', one Ld per image from its own maps, averaged;
-      or 'batch', the PyTorch port's one Ld from the maps of the mean
-      cross-entropy, the norm over the whole batch tensor. B is `x.shape[0]`:
+      docstring): 'batch' (the default, as the trainer's
+      `config.danil.reduction`), the PyTorch port's one Ld from the maps of
+      the mean cross-entropy, the norm over the whole batch tensor; or
+      'per_image', one Ld per image from its own maps, averaged. The paper's
+      lam = 1e-5 acts only in 'batch': in 'per_image' the term's share of
+      the parameter gradient is about 1e-4 (the demo, README), plain
+      cross-entropy in practice, so that reading needs a larger lam. B is
+      `x.shape[0]`:
       under `jax.jit` over a device mesh that is the global batch, so neither
       reading depends on the number of devices.
 

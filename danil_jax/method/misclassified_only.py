@@ -63,7 +63,8 @@ def capacities(batch_size: int) -> list[int]:
 
 
 def distraction_value_and_grad(logits_fn: Callable, params, x, labels, pred,
-                               *, eps: float, reduction: str = 'per_image'):
+                               *, eps: float,
+                               reduction: str = losses.DEFAULT_REDUCTION):
   """(Ld, dLd/dparams, bucket) over the images with pred != labels.
 
   Each map is the input VJP of `logits_fn(params, x_i)` for image i alone
@@ -129,7 +130,7 @@ def distraction_value_and_grad(logits_fn: Callable, params, x, labels, pred,
 
 
 def terms(plain_loss_fn: Callable, logits_fn: Callable, params, batch, *,
-          eps: float, reduction: str = 'per_image'):
+          eps: float, reduction: str = losses.DEFAULT_REDUCTION):
   """L+c and Ld (Eq. 3, 5) of this mode, each with its parameter gradient.
 
   `plain_loss_fn(params) -> (L+c, (aux, model_updates))` is the train-mode
@@ -149,7 +150,7 @@ def terms(plain_loss_fn: Callable, logits_fn: Callable, params, batch, *,
 
 def value_and_grad(plain_loss_fn: Callable, logits_fn: Callable, params,
                    batch, *, lam: float, eps: float,
-                   reduction: str = 'per_image'):
+                   reduction: str = losses.DEFAULT_REDUCTION):
   """`jax.value_and_grad` of L+c + lam * Ld (Eq. 6) in this mode.
 
   Arguments as `terms`. Returns what `value_and_grad(..., has_aux=True)`

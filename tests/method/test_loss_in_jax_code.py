@@ -1,10 +1,11 @@
-"""`losses.danil_loss` in other people's JAX code (issue 14, item 5).
+"""`losses.danil_loss` in other people's JAX code.
 
 Each case builds DANIL's loss the naive way, with two `jax.grad`s for A+ and
 A- (Algorithm 1 literally, Eq. 2-6), and checks the loss and its parameter
-gradient against `danil_loss` used as the README shows: with a `flax.nnx`
-model with BatchNorm (its state updates returned), with a plain function,
-under `jax.vmap` over an ensemble axis, and inside `shard_map` on 2 devices.
+gradient against `danil_loss` used as the README shows: with a plain
+function, under `jax.vmap` over an ensemble axis, and inside `shard_map` on
+2 devices. The README's Flax and Equinox examples are checked against the
+same naive loss in test_readme_loss_examples.py. Needs JAX and optax only.
 """
 
 import os
@@ -12,33 +13,40 @@ import subprocess
 import sys
 import textwrap
 
-from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from danil_jax.method import losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-
     os.path.abspath(__file__))))
 LAM, EPS = 0.5, 1e-4
 
 
-def naive_danil(logits_fn, x, labels, lam=LAM, eps=EPS):
-  """L+c + lam * Ld with A+ and A- as two separate input gradients."""
+def naive_danil(logits_fn, x, labels, lam=LAM, eps=EPS,
+                reduction='per_image'):
+  """L+c + lam * Ld with A+ and A- as two separate input gradients: of the
+  summed cross-entropy ('per_image', one Ld per image) or of its batch mean
+  ('batch', one Ld from the norm over the whole batch)."""
   logits = logits_fn(x)
   pred = jax.lax.stop_gradient(jnp.argmax(logits, -1))
+  reduce = jnp.sum if reduction == 'per_image' else jnp.mean
 
-  def summed_ce(x_, y):
-    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(
+  def reduced_ce(x_, y):
+    return reduce(optax.softmax_cross_entropy_with_integer_labels(
         logits_fn(x_), y))
 
-  a_pos = jax.grad(summed_ce)(x, labels)
-  a_neg = jax.grad(summed_ce)(x, pred)
+  a_pos = jax.grad(reduced_ce)(x, labels)
+  a_neg = jax.grad(reduced_ce)(x, pred)
   distance = jnp.sum(jnp.square(a_pos - a_neg), axis=tuple(range(1, x.ndim)))
-  ld = jnp.mean(jnp.where(pred != labels, 1.0 / (distance + eps), 0.0))
+  if reduction == 'per_image':
+    ld = jnp.mean(jnp.where(pred != labels, 1.0 / (distance + eps), 0.0))
+  else:
+    ld = jnp.where(jnp.any(pred != labels),
+                   1.0 / (jnp.sum(distance) + eps), 0.0)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return jnp.mean(ce) + lam * ld
 
@@ -71,18 +79,22 @@ def _mlp_params(key, features=12, hidden=16, classes=3):
               w2=jax.random.normal(k2, (hidden, classes)))
 
 
-def test_plain_function():
+@pytest.mark.parametrize('reduction', [None, 'per_image', 'batch'])
+def test_plain_function(reduction):
+  """None: the default reading, which is the trainer's, 'batch'."""
   params = _mlp_params(jax.random.PRNGKey(0))
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 2, 2, 3))
   labels = _half_misclassified(_mlp(params, x), 3)
+  given = {} if reduction is None else dict(reduction=reduction)
 
   def loss(p):
     return losses.danil_loss(lambda x_: _mlp(p, x_), x, labels, lam=LAM,
-                             eps=EPS)[0]
+                             eps=EPS, **given)[0]
 
   value, grads = jax.value_and_grad(loss)(params)
   want, want_grads = jax.value_and_grad(
-      lambda p: naive_danil(lambda x_: _mlp(p, x_), x, labels))(params)
+      lambda p: naive_danil(lambda x_: _mlp(p, x_), x, labels,
+                            reduction=reduction or 'batch'))(params)
   _assert_close(value, want)
   _assert_close(grads, want_grads)
 
@@ -98,7 +110,7 @@ def test_under_vmap_over_an_ensemble_axis():
 
   def member_loss(p, x_, y):
     return losses.danil_loss(lambda z: _mlp(p, z), x_, y, lam=LAM,
-                             eps=EPS)[0]
+                             eps=EPS, reduction='per_image')[0]
 
   values, grads = jax.jit(jax.vmap(jax.value_and_grad(member_loss)))(
       params, x, labels)
@@ -109,61 +121,6 @@ def test_under_vmap_over_an_ensemble_axis():
             member(params))
     _assert_close(values[m], want)
     _assert_close(member(grads), want_grads)
-
-
-# ------------------------------------------------- a flax.nnx model with BN
-
-
-class _NnxNet(nnx.Module):
-
-  def __init__(self, rngs: nnx.Rngs, classes: int = 3):
-    # No bias: BatchNorm follows (its gradient would be 0 up to rounding).
-    self.conv = nnx.Conv(3, 6, (3, 3), strides=(2, 2), use_bias=False,
-                         rngs=rngs)
-    self.bn = nnx.BatchNorm(6, momentum=0.9, rngs=rngs)
-    self.head = nnx.Linear(6, classes, rngs=rngs)
-
-  def __call__(self, x):
-    y = nnx.relu(self.bn(self.conv(x)))
-    return self.head(jnp.mean(y, axis=(1, 2)))
-
-
-def test_flax_nnx_model_with_batch_norm():
-  """Train mode: the loss's forward updates the BatchNorm statistics, which
-  come back through `has_aux`; gradient as the naive two-gradient loss."""
-  model = _NnxNet(nnx.Rngs(0))
-  model.train()
-  graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 3))
-
-  def forward(p, x_):
-    # copy=True: fresh Variables at the trace level of danil_loss's VJP, so
-    # BatchNorm may update them there (nnx raises TraceContextError else).
-    net = nnx.merge(graphdef, p, stats, copy=True)
-    logits = net(x_)
-    return logits, nnx.state(net, nnx.BatchStat)  # the updated statistics
-
-  labels = _half_misclassified(forward(params, x)[0], 3)
-
-  @jax.jit
-  def step(p):
-    def loss(p_):
-      value, aux = losses.danil_loss(lambda x_: forward(p_, x_), x, labels,
-                                     lam=LAM, eps=EPS, has_aux=True)
-      return value, aux['model_aux']
-    return jax.value_and_grad(loss, has_aux=True)(p)
-
-  (value, new_stats), grads = step(params)
-  want, want_grads = jax.value_and_grad(
-      lambda p: naive_danil(lambda x_: forward(p, x_)[0], x, labels))(params)
-  _assert_close(value, want)
-  _assert_close(grads, want_grads)
-  # The statistics of the one forward: those of a plain train-mode call.
-  _, want_stats = forward(params, x)
-  _assert_close(new_stats, want_stats, rtol=1e-6)
-  assert not np.allclose(new_stats['bn']['mean'][...],
-                         stats['bn']['mean'][...])
-  nnx.update(model, new_stats)  # how the caller keeps them
 
 
 # ------------------------------------------------------------- shard_map
@@ -188,7 +145,7 @@ _SHARD_MAP_SCRIPT = textwrap.dedent('''
       # gradient of that pmean w.r.t. the replicated p is the global one.
       def global_loss(q):
         value = losses.danil_loss(lambda z: t._mlp(q, z), x_, y, lam=t.LAM,
-                                  eps=t.EPS)[0]
+                                  eps=t.EPS, reduction='per_image')[0]
         return jax.lax.pmean(value, 'data')
       return jax.value_and_grad(global_loss)(p)
 

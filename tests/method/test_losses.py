@@ -178,9 +178,11 @@ def test_has_aux_returns_model_aux_from_the_single_forward(batch):
     logits = small_conv_net(params, x_)
     return logits, {'mean_logit': jnp.mean(logits)}
 
-  loss, aux = losses.danil_loss(logits_fn, x, labels, has_aux=True)
+  loss, aux = losses.danil_loss(logits_fn, x, labels, has_aux=True,
+                                reduction='per_image')
   loss_plain, aux_plain = losses.danil_loss(
-      lambda x_: small_conv_net(params, x_), x, labels)
+      lambda x_: small_conv_net(params, x_), x, labels,
+      reduction='per_image')
   np.testing.assert_allclose(loss, loss_plain, rtol=1e-6)
   np.testing.assert_allclose(aux['model_aux']['mean_logit'],
                              jnp.mean(aux_plain['logits']), rtol=1e-6)

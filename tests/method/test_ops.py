@@ -207,7 +207,8 @@ def _danil_value_and_grad(model, variables, x, labels, aux_key='distance'):
     fn = lambda x_: model.apply(
         {'params': params, 'batch_stats': variables['batch_stats']}, x_,
         train=True, mutable=['batch_stats'])
-    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True)
+    value, aux = losses.danil_loss(fn, x, labels, lam=1.0, has_aux=True,
+                                   reduction='per_image')
     return value, aux[aux_key]
 
   return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])

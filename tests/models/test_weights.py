@@ -302,7 +302,7 @@ def resnet50_danil_gradients():
       return model.apply({'params': params, 'batch_stats': batch_stats}, x,
                          train=True, mutable=['batch_stats'])
     loss, _ = losses.danil_loss(logits_fn, x, labels, lam=lam, eps=eps,
-                                has_aux=True)
+                                has_aux=True, reduction='per_image')
     return loss
 
   args = (variables['params'], variables['batch_stats'],
