@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from danil_jax import models
 from danil_jax.evaluation import best_checkpoint
@@ -47,6 +46,7 @@ from danil_jax.runtime import multihost
 from danil_jax.runtime import steps
 from danil_jax.runtime import tta as tta_lib
 import data_prep
+from data_prep.own import images as own_images
 
 
 @dataclasses.dataclass
@@ -111,15 +111,10 @@ def load(workdir: str, checkpoint: str = 'last', *,
     # As in training: process 0 builds a missing data set, the others wait.
     with multihost.chief_first(
         'dataset', config.distributed_init.data_build_timeout_s):
-      builder = data_prep.prepare(
-          config.dataset.name, data_dir=config.dataset.data_dir,
-          manual_dir=config.dataset.manual_dir or None,
-          config=config.dataset.builder_config or None,
-          build=multihost.is_chief())
+      builder = data_prep.open_dataset(config.dataset,
+                                       build=multihost.is_chief())
   else:
-    builder = data_prep.get_builder(
-        config.dataset.name, data_dir=config.dataset.data_dir,
-        config=config.dataset.builder_config or None)
+    builder = data_prep.dataset_builder(config.dataset)
   class_names = list(builder.info.features['label'].names)
   mesh = multihost.make_mesh()
   model_info = models.info(config.model.name)
@@ -213,12 +208,19 @@ def image_paths(pattern: str) -> list[str]:
   return sorted(paths)
 
 
-def read_image(path: str):
-  """uint8 HxWx3 RGB, or raises ValueError naming the file."""
+def read_image(path: str, dataset=None):
+  """uint8 HxWx3 RGB, or raises ValueError naming the file.
+
+  Read as a folder data set's build reads it (data_prep/own/images.py:
+  16-bit, DICOM windows, grayscale), with `dataset`'s (config.dataset)
+  rescale and DICOM window where it has them.
+  """
+  own = dataset.get('own') if dataset is not None else None
   try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    return own_images.read_rgb(
+        path, rescale=own.rescale if own else 'minmax',
+        window=tuple(own.dicom_window) if own else ())
+  except OSError as e:
     raise ValueError(f'{path}: not a readable image ({e})') from None
 
 
@@ -251,8 +253,8 @@ def predict_files(run, paths: list[str], *, skip_bad: bool = False):
   for i in (i for batch in positions for i in batch if i < len(paths)):
     try:
       images[i] = augment.eval_transform(
-          read_image(paths[i]), size=run.pre.size, mean=run.pre.mean,
-          std=run.pre.std)
+          read_image(paths[i], run.config.dataset), size=run.pre.size,
+          mean=run.pre.mean, std=run.pre.std)
     except ValueError as e:
       bad.append(str(e))
   if bad and not skip_bad:

@@ -57,12 +57,14 @@ def check(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'eval.tta', tta.MODES)
   for key in ('input.global_batch_size', 'input.eval_batch_size',
               'num_epochs', 'log_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'dataset.num_classes',
+              'keep_checkpoints',
               'faults.max_nonfinite_in_a_row',
               'faults.preemption_sync_every_steps'):
     _positive_int(config, key)
   if config.max_steps != -1:
     _positive_int(config, 'max_steps')
+  if config.dataset.num_classes != 0:  # 0: the data set's
+    _positive_int(config, 'dataset.num_classes')
   learning_rate = config.optim.learning_rate
   if not isinstance(learning_rate, (int, float)) or not (
       0 < learning_rate < float('inf')):

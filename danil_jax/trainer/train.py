@@ -81,17 +81,14 @@ def _open_data(config: ml_collections.ConfigDict,
   # others wait; then they open it. Its failure ends every host at once.
   with multihost.chief_first('dataset',
                              config.distributed_init.data_build_timeout_s):
-    builder = data_prep.prepare(
-        config.dataset.name, data_dir=config.dataset.data_dir,
-        manual_dir=config.dataset.manual_dir or None,
-        config=config.dataset.builder_config or None, build=is_chief)
+    builder = data_prep.open_dataset(config.dataset, build=is_chief)
   config_checks.check_splits(config, builder)
   class_names = list(builder.info.features['label'].names)
-  if len(class_names) != config.dataset.num_classes:
-    raise ValueError(
+  if config.dataset.num_classes not in (0, len(class_names)):
+    raise config_checks.ConfigError(
         f'config.dataset.num_classes is {config.dataset.num_classes} but '
         f'{config.dataset.name!r} has {len(class_names)} classes: '
-        f'{class_names}')
+        f'{class_names} (0 takes them from the data)')
   train_source = builder.as_data_source(config.dataset.train_split)
   model_info = models.info(config.model.name)
   pre = input_pipeline.Preprocessing(
@@ -122,7 +119,7 @@ def _train_batches(run: train_loop.Run, start_step: int):
 def _initial_state(run: train_loop.Run) -> steps.TrainState:
   """The model's initial (or pretrained) weights and optimiser, replicated."""
   config, dataset, mesh = run.config, run.dataset, run.mesh
-  model = models.create(config.model.name, config.dataset.num_classes,
+  model = models.create(config.model.name, len(dataset.class_names),
                         dtype=jnp.dtype(config.model.dtype),
                         conv_rules=config.model.conv_rules)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
