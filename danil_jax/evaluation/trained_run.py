@@ -40,6 +40,7 @@ from danil_jax.evaluation import scoring as evaluation
 from danil_jax.method import intrinsic_maps
 from danil_jax.runtime import augment
 from danil_jax.runtime import checkpointing
+from danil_jax.runtime import data_pin
 from danil_jax.runtime import ema
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
@@ -113,6 +114,7 @@ def load(workdir: str, checkpoint: str = 'last', *,
         'dataset', config.distributed_init.data_build_timeout_s):
       builder = data_prep.open_dataset(config.dataset,
                                        build=multihost.is_chief())
+    data_pin.check(workdir, builder)
   else:
     builder = data_prep.dataset_builder(config.dataset)
   class_names = list(builder.info.features['label'].names)

@@ -23,6 +23,7 @@ from danil_jax.evaluation import metrics as metrics_lib
 from danil_jax.evaluation import scoring as evaluation
 from danil_jax.runtime import checkpointing
 from danil_jax.runtime import config_checks
+from danil_jax.runtime import data_pin
 from danil_jax.runtime import faults
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
@@ -154,6 +155,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ----------------------------------------------------------------- data --
   run = train_loop.Run(config, workdir, is_chief, mesh,
                        _open_data(config, is_chief))
+  data_pin.pin(workdir, run.dataset.builder, write=is_chief,
+               allow_change=config.faults.allow_config_change)
 
   # ----------------------------------------------- model and optimiser --
   state = _initial_state(run)

@@ -5,8 +5,8 @@ is its own builder config, named after the source and a hash of those
 options, so two data sets, or one split two ways, never overwrite each
 other. The scan (sources.py) and the splits (splits.py) are done before a
 single image is decoded; images are then decoded, validated and converted
-in worker processes, a bounded number ahead of the writer, so memory stays
-flat whatever the size of the data set.
+in worker processes, a bounded number ahead of the writer, which streams
+them to disk: memory stays flat whatever the size of the data set.
 
 Beside the array_record files the build writes `splits.csv` (path, label,
 group, split of every image kept), `source.json` (the manifest whose
@@ -29,6 +29,8 @@ from typing import Iterator
 
 from etils import epath
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_serializer
+import tqdm
 
 from data_prep import common
 from data_prep.own import images
@@ -93,6 +95,13 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def options(self) -> dict:
     return json.loads(self.builder_config.options)
 
+  @property
+  def fingerprint(self) -> str | None:
+    """The built source's fingerprint (None before the build): what a run
+    pins to tell later that its data set was rebuilt."""
+    manifest = read_manifest(self) if self.is_prepared() else None
+    return manifest and manifest.get('fingerprint')
+
   def _info(self) -> tfds.core.DatasetInfo:
     label = (tfds.features.ClassLabel(names=self._source.class_names)
              if self._source else tfds.features.ClassLabel())
@@ -128,14 +137,47 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          max_short_side=options['max_short_side'])
     jobs = [(r.file, image_options) for r in records]
     kept = self._kept.setdefault(split, [])
-    for record, (data, error) in zip(
-        records, _parallel(jobs, options['workers'])):
+    results = tqdm.tqdm(_parallel(jobs, options['workers']),
+                        total=len(jobs), desc=f'{split} images',
+                        unit=' images', mininterval=2)
+    for record, (data, error) in zip(records, results):
       if error is not None:
         self._bad.append((record, error))
         continue
       kept.append(record)
       yield record.path, {'image': data, 'label': record.label,
                           'filename': record.path, 'group': record.group}
+
+  def _generate_splits(self, dl_manager, download_config):
+    """Writes each split as it is decoded, one array_record file each.
+
+    TFDS's own writer holds up to 1 GB of examples in memory and then
+    spills them to bucket files through TensorFlow, which this project
+    does without; the splits are already in a deterministic order and the
+    train loader shuffles, so the examples go straight to disk.
+    """
+    del download_config
+    features = self.info.features
+    serializer = example_serializer.ExampleSerializer(
+        features.get_serialized_info())
+    writer = self._example_writer()
+    infos = []
+    for split, examples in self._split_generators(dl_manager).items():
+      template = self._get_filename_template(split_name=split)
+      path = template.sharded_filepath(shard_index=0, num_shards=1)
+      sizes = []
+
+      def serialized(examples=examples, sizes=sizes):
+        for key, example in examples:
+          data = serializer.serialize_example(features.encode_example(example))
+          sizes.append(len(data))
+          yield key, data
+
+      writer.write(path, serialized())
+      infos.append(tfds.core.SplitInfo(
+          name=split, shard_lengths=[len(sizes)], num_bytes=sum(sizes),
+          filename_template=template))
+    return infos
 
   def _download_and_prepare(self, dl_manager, download_config, **kwargs):
     super()._download_and_prepare(dl_manager, download_config, **kwargs)

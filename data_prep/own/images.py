@@ -190,7 +190,7 @@ def read_rgb(path: str, *, rescale: str = 'minmax',
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     reason = str(e).split(' <_io.')[0]
     raise UnreadableImage(
-        f'{path}: not a decodable image ({reason}); expected a PNG, JPEG, '
+        f'{path}: not a readable image ({reason}); expected a PNG, JPEG, '
         'BMP, TIFF or DICOM file') from None
 
 

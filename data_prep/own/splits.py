@@ -23,6 +23,7 @@ import csv
 import io
 
 from etils import epath
+import numpy as np
 
 from data_prep import common
 from data_prep.own import sources
@@ -40,11 +41,25 @@ def _group_of(record: sources.Record) -> str:
   return record.group or f'image:{record.path}'
 
 
-def _carve(records, fraction: float, seed: int):
+def _carve(records, fraction: float, seed: int, class_names):
+  """(kept, held): `fraction` of the images held out by whole groups,
+  stratified; a class the rounding left out of `held` gets one of its
+  groups moved there, so that every split scores every class."""
   kept, held = common.stratified_split(
       [r.label for r in records], fraction, seed=seed,
       groups=[_group_of(r) for r in records])
-  return [records[i] for i in kept], [records[i] for i in held]
+  kept = [records[i] for i in kept]
+  held = [records[i] for i in held]
+  rng = np.random.default_rng(seed)
+  for label in class_names:
+    if any(r.label == label for r in held):
+      continue
+    candidates = sorted({_group_of(r) for r in kept if r.label == label})
+    if len(candidates) > 1:
+      group = candidates[rng.integers(len(candidates))]
+      held += [r for r in kept if _group_of(r) == group]
+      kept = [r for r in kept if _group_of(r) != group]
+  return kept, held
 
 
 def _check_enough(records, made: list[str], class_names, source: str):
@@ -107,18 +122,18 @@ def make_splits(source: sources.Source, *, test_fraction: float,
   for offset, split in enumerate(made):
     fraction = test_fraction if split == 'test' else validation_fraction
     pool, splits[split] = _carve(pool, min(fraction / remaining, 1.0),
-                                 seed + offset)
+                                 seed + offset, source.class_names)
     remaining -= fraction
   splits['train'] = pool
-  for split in made:
+  for split in made + ['train']:
     labels = {r.label for r in splits[split]}
     absent = [c for c in source.class_names if c not in labels]
     if absent:
       raise TooFewImages(
-          f'{name}: the {split} split made with fraction '
-          f'{test_fraction if split == "test" else validation_fraction} has '
-          f'no image of {", ".join(absent)}; add images of those classes or '
-          'raise config.dataset.own.test_fraction / validation_fraction')
+          f'{name}: the {split} split would have no image of '
+          f'{", ".join(absent)} (test_fraction {test_fraction}, '
+          f'validation_fraction {validation_fraction}); add images of those '
+          'classes, or give the splits yourself')
   return {s: splits[s] for s in sources.SPLITS if splits.get(s)}
 
 
