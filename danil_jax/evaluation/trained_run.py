@@ -85,7 +85,8 @@ def load(workdir: str, checkpoint: str = 'last', *,
   """The run in `workdir` with the model of `checkpoint` restored.
 
   Without `need_data` (predicting on files) the data set is not built or
-  read: its builder only gives the class names. `weights`: 'ema' or 'raw'
+  read, and `builder` is None: the class names come from WORKDIR/data.json
+  where the run pinned its data, else from the data set's builder. `weights`: 'ema' or 'raw'
   (ema.py), None for those the run reports (ema.default_weights). `tta`:
   the test-time augmentation of its eval step; None takes the run's
   config.eval.tta.
@@ -115,9 +116,11 @@ def load(workdir: str, checkpoint: str = 'last', *,
       builder = data_prep.open_dataset(config.dataset,
                                        build=multihost.is_chief())
     data_pin.check(workdir, builder)
+    class_names = list(builder.info.features['label'].names)
   else:
-    builder = data_prep.dataset_builder(config.dataset)
-  class_names = list(builder.info.features['label'].names)
+    builder = None
+    class_names = data_pin.class_names(workdir) or list(
+        data_prep.dataset_builder(config.dataset).info.features['label'].names)
   mesh = multihost.make_mesh()
   model_info = models.info(config.model.name)
   pre = input_pipeline.Preprocessing(

@@ -14,6 +14,8 @@ from danil_jax import models
 from danil_jax.method import losses
 from danil_jax.runtime import steps
 from danil_jax.runtime import tta
+import data_prep
+from data_prep.own import dataset as own_dataset
 
 # Smallest input side each backbone accepts: below it a feature map becomes
 # empty (Inception-v4's unpadded stem and reductions; VGG's five 2x2 pools
@@ -83,6 +85,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not config.dataset.name:
     raise ConfigError('config.dataset.name is empty; use a data set config '
                       '(configs/demo.py, configs/crc_msi.py, ...)')
+  if config.dataset.name == data_prep.FOLDER:
+    # Its source and options (data_prep.own.dataset.BadOption).
+    own_dataset.Options.from_config(config.dataset)
   _check_image_size(config)
 
 

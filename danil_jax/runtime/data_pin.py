@@ -6,8 +6,8 @@ build would then resume, or be evaluated, on other splits, its test split
 perhaps holding images it trained on, and nothing would show it. So the
 first run writes the fingerprint of the data it opened; a resume compares
 it (an error unless config.faults.allow_config_change), and so do the
-commands that read the data (evaluate, response_maps). Data sets without a
-fingerprint (the paper's, built from fixed archives) pin nothing.
+commands that read the data (evaluate, response_maps); predict takes its class names
+from it. Data sets without a fingerprint (the paper's, built from fixed archives) pin nothing.
 """
 
 from __future__ import annotations
@@ -72,3 +72,10 @@ def check(workdir, builder) -> None:
   reason = _differs(workdir, builder)
   if reason:
     raise DataChanged(reason + '; evaluate a run trained on the current data')
+
+
+def class_names(workdir) -> list[str] | None:
+  """The class names the run trained with, if it pinned its data: enough
+  for predict, without the data set (on another machine, say)."""
+  path = epath.Path(workdir) / DATA_FILE
+  return json.loads(path.read_text())['class_names'] if path.exists() else None

@@ -104,13 +104,16 @@ def _pil_rgb(image: Image.Image, source: str, rescale: str) -> np.ndarray:
 
 def dicom_window(values: np.ndarray, center: float,
                  width: float) -> np.ndarray:
-  """DICOM's linear VOI window (PS3.3 C.11.2.1.2.1) onto 0..255."""
+  """DICOM's linear VOI window (PS3.3 C.11.2.1.2.1) onto 0..255.
+
+  The standard's outer pieces (0 at or below c - 0.5 - (w - 1) / 2, 255
+  above c - 0.5 + (w - 1) / 2) are exactly the clipping of its middle one.
+  """
   if width < 1:
     raise ValueError(f'a DICOM window width must be >= 1, got {width}')
-  low = center - 0.5 - (width - 1) / 2
-  high = center - 0.5 + (width - 1) / 2
+  if width == 1:  # a threshold: the middle piece is empty
+    return np.where(values > center - 0.5, 255, 0).astype(np.uint8)
   out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255
-  out = np.where(values <= low, 0, np.where(values > high, 255, out))
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 

@@ -14,6 +14,7 @@ import pytest
 from configs import folder
 from danil_jax.evaluation import trained_run
 from danil_jax.trainer import train
+from data_prep.own import dataset as own_dataset
 from data_prep.own import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -67,7 +68,13 @@ def test_evaluate_scores_the_test_split_by_patient(run):
 
 def test_predict_names_the_folders_classes(run, tmp_path):
   root, workdir, _ = run
-  loaded = trained_run.load(workdir, 'last', need_data=False)
+  # Without the data set (another machine): the classes the run pinned.
+  tfds_dir = os.path.join(os.path.dirname(workdir), 'tfds')
+  os.rename(tfds_dir, tfds_dir + '_away')
+  try:
+    loaded = trained_run.load(workdir, 'last', need_data=False)
+  finally:
+    os.rename(tfds_dir + '_away', tfds_dir)
   assert loaded.class_names == list(CLASSES)
   files = [str(root / c / f'P{i}00_0.png') for i, c in enumerate(CLASSES)]
   gray16 = tmp_path / 'gray16.png'
@@ -100,3 +107,13 @@ def test_a_bad_folder_stops_the_command_with_one_line(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: ') and 'only one class' in last
   assert 'Traceback' not in result.stderr
+
+
+def test_bad_folder_options_are_named_before_any_work(tmp_path):
+  config = folder.get_config()
+  config.dataset.manual_dir = str(tmp_path / 'images')
+  config.dataset.own.test_fraction = 0.95
+  config.lock()
+  with pytest.raises(own_dataset.BadOption, match='test_fraction'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert not (tmp_path / 'work').exists()
