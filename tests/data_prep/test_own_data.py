@@ -129,6 +129,31 @@ def test_reopening_reuses_the_build(made, capsys):
       'label'].names == ['benign', 'cyst', 'malignant']
 
 
+def test_a_waiting_host_opens_the_build_but_never_builds(made, tmp_path):
+  root, dataset, builder, _ = made
+  assert data_prep.open_dataset(dataset, build=False).data_dir == (
+      builder.data_dir)
+  with pytest.raises(data_prep.common.DataError, match='not built in'):
+    data_prep.open_dataset(_dataset(tmp_path, root), build=False)
+
+
+def test_patient_subfolders_give_the_groups(tmp_path):
+  root = tmp_path / 'dir'
+  for c, name in enumerate(('benign', 'malignant')):
+    for p in range(6):
+      os.makedirs(root / name / f'patient{c}{p}')
+      for i in range(2):
+        Image.fromarray(fixtures.pattern(p * 2 + i, c)).save(
+            root / name / f'patient{c}{p}' / f'{i}.png')
+  rows = _read(data_prep.open_dataset(_dataset(
+      tmp_path, root, group_regex=r'^[^/]+/([^/]+)/')))
+  for examples in rows.values():
+    for r in examples:
+      assert r['group'] == r['filename'].split('/')[1]
+  groups = {s: {r['group'] for r in v} for s, v in rows.items()}
+  assert not groups['train'] & (groups['test'] | groups['validation'])
+
+
 def test_class_names_in_the_config_set_the_label_order(made, tmp_path):
   root = made[0]
   builder = data_prep.open_dataset(_dataset(
@@ -336,11 +361,16 @@ def test_every_format_in_one_folder(tmp_path):
       Image.fromarray(np.dstack([rgb, rgb[:, :, :1]])).save(f'{stem}5.png')
       real = ('CT_small.dcm', 'MR_small.dcm')[c]
       shutil.copy(pydicom.data.get_testdata_file(real), f'{stem}6.dcm')
-  rows = _read(data_prep.open_dataset(_dataset(tmp_path, root)))
-  assert sum(len(v) for v in rows.values()) == 2 * 4 * 7
-  for r in (r for v in rows.values() for r in v):
-    np.testing.assert_array_equal(
-        r['image'], images.read_rgb(str(root / r['filename'])))
+  files = sorted(str(p.relative_to(root)) for p in root.glob('*/*'))
+  table = fixtures.write_table(str(root / 'labels.csv'), ['path', 'label'],
+                               [[f, f.split('/')[0]] for f in files])
+  for kind, dataset in (('folder', _dataset(tmp_path / 'f', root)),
+                        ('csv', _dataset(tmp_path / 'c', csv_file=table))):
+    rows = _read(data_prep.open_dataset(dataset))
+    assert sum(len(v) for v in rows.values()) == 2 * 4 * 7, kind
+    for r in (r for v in rows.values() for r in v):
+      np.testing.assert_array_equal(
+          r['image'], images.read_rgb(str(root / r['filename'])))
 
 
 def test_worker_processes_give_the_same_data_set(tmp_path):
