@@ -41,6 +41,10 @@ def run(tmp_path_factory):
   config.input.eval_batch_size = 16
   config.input.num_workers = 0
   config.optim.learning_rate = 0.05
+  config.eval.patient_key = 'group'
+  config.eval.patient_positive_class = 'malignant'
+  config.eval.patient_min_tiles = 1
+  config.eval.bootstrap_samples = 20
   config.lock()
   workdir = str(tmp / 'work')
   report = train.train_and_evaluate(config, workdir)
@@ -51,6 +55,8 @@ def test_trains_with_the_classes_of_the_folder(run):
   _, workdir, report = run
   assert list(report['per_class_support']) == list(CLASSES)
   assert len(report['confusion_matrix']) == 3
+  # By patient, the folder's group: the test split's patients, whole.
+  assert 0 <= report['patient_auroc'] <= 1
   assert os.path.exists(os.path.join(workdir, 'checkpoints'))
 
 
