@@ -4,12 +4,13 @@
       --data_dir=/tmp/bench_data [--images=20000] [--size=512] [--workers=0]
 
 Writes `--images` smooth, textured 8-bit RGB PNGs of `--size` px in 4 class
-folders (copies of 256 distinct ones, in a hidden folder the build skips) (patients in the file names, grouped by `group_regex`) unless
-`--root` already holds them (`--make_only` stops there), then builds the data set once in this process
-and prints images/s and peak resident memory of the build (this process
-and, separately, the largest worker process), then the time a later run
-takes to find the build up to date (a scan and a fingerprint). The images are written by a
-process pool first; only the build is timed.
+folders, patients in the file names (grouped by `group_regex`), as copies of
+256 distinct ones kept in a hidden folder the build skips, unless `--root`
+already holds them (`--make_only` stops there). Then builds the data set
+once in this process and prints images/s and the peak resident memory of
+the build (this process and, separately, the largest worker process), and
+the time a later run takes to find the build up to date (a scan and a
+fingerprint). Only the build is timed.
 """
 
 from __future__ import annotations

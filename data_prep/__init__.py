@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_prep import common
+from data_prep.own import dataset as own_dataset
 
 # name -> 'module:ClassName'. Imported lazily: a builder module registers a
 # TFDS name on import and may pull in heavy dependencies.
@@ -88,8 +89,7 @@ def open_dataset(dataset, *, build: bool = True):
   `build=False` on the hosts that wait for process 0 to build it.
   """
   if dataset.name == FOLDER:
-    from data_prep.own import dataset as own  # pylint: disable=g-import-not-at-top
-    return own.open(dataset, build=build)
+    return own_dataset.prepare(dataset, build=build)
   return prepare(dataset.name, data_dir=dataset.data_dir,
                  manual_dir=dataset.manual_dir or None,
                  config=dataset.builder_config or None, build=build)
@@ -99,7 +99,6 @@ def dataset_builder(dataset):
   """The builder of `dataset` (a config.dataset) for its metadata, without
   building, scanning or reading its images."""
   if dataset.name == FOLDER:
-    from data_prep.own import dataset as own  # pylint: disable=g-import-not-at-top
-    return own.builder(dataset)
+    return own_dataset.builder(dataset)
   return get_builder(dataset.name, data_dir=dataset.data_dir,
                      config=dataset.builder_config or None)

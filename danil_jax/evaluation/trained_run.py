@@ -86,10 +86,10 @@ def load(workdir: str, checkpoint: str = 'last', *,
 
   Without `need_data` (predicting on files) the data set is not built or
   read, and `builder` is None: the class names come from WORKDIR/data.json
-  where the run pinned its data, else from the data set's builder. `weights`: 'ema' or 'raw'
-  (ema.py), None for those the run reports (ema.default_weights). `tta`:
-  the test-time augmentation of its eval step; None takes the run's
-  config.eval.tta.
+  where the run pinned its data, else from the data set's builder.
+  `weights`: 'ema' or 'raw' (ema.py), None for those the run reports
+  (ema.default_weights). `tta`: the test-time augmentation of its eval
+  step; None takes the run's config.eval.tta.
   """
   workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)

@@ -6,8 +6,9 @@ build would then resume, or be evaluated, on other splits, its test split
 perhaps holding images it trained on, and nothing would show it. So the
 first run writes the fingerprint of the data it opened; a resume compares
 it (an error unless config.faults.allow_config_change), and so do the
-commands that read the data (evaluate, response_maps); predict takes its class names
-from it. Data sets without a fingerprint (the paper's, built from fixed archives) pin nothing.
+commands that read the data (evaluate, response_maps); predict takes its
+class names from it. Data sets without a fingerprint (the paper's, built
+from fixed archives) pin nothing.
 """
 
 from __future__ import annotations

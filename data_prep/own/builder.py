@@ -119,7 +119,7 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # the files are where the user keeps them
     if self._source is None:
       raise common.DataError('the Folder builder needs the scanned source '
-                             'to build (use data_prep.own.dataset.open)')
+                             'to build (use data_prep.own.dataset.prepare)')
     options = self.options
     made = splits_lib.make_splits(
         self._source, test_fraction=options['test_fraction'],

@@ -1,6 +1,6 @@
 """A user's folder or CSV as a built data set: checked, built once, never stale.
 
-`open(config.dataset, build=...)` scans the source (cheap: a stat per
+`prepare(config.dataset, build=...)` scans the source (cheap: a stat per
 file), and builds the data set if it is not built yet, or if the source
 changed since the build (rebuilt, saying what changed, or refused with
 `own.on_change='refuse'`). `builder(config.dataset)` only reads a data set
@@ -139,7 +139,7 @@ def builder(dataset) -> builder_lib.Folder:
   return found
 
 
-def open(dataset, *, build: bool = True) -> builder_lib.Folder:  # pylint: disable=redefined-builtin
+def prepare(dataset, *, build: bool = True) -> builder_lib.Folder:
   """The built data set of `dataset` (config.dataset), built if needed.
 
   With `build=False` (the hosts that wait for process 0 to build) a data

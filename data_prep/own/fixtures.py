@@ -1,4 +1,4 @@
-"""Small generated folders, tables and image files for the tests of data_prep/own.
+"""Generated folders, tables and image files for the tests of data_prep/own.
 
 Every image of `make_folder` differs (a seeded pattern), so a test can tell
 which file an example came from by its pixels, and the class shows in the
@@ -57,9 +57,11 @@ def write_dicom(path: str, pixels: np.ndarray, *,
                 intercept: float = 0.0, window=None, frames: int = 1) -> str:
   """An uncompressed DICOM file (explicit VR little endian) of `pixels`:
   uint16/int16 HxW (or frames x H x W), or uint8 HxWx3 with 'RGB'."""
-  from pydicom.dataset import Dataset  # pylint: disable=g-import-not-at-top
-  from pydicom.dataset import FileMetaDataset  # pylint: disable=g-import-not-at-top
-  from pydicom import uid  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from pydicom import uid
+  from pydicom.dataset import Dataset
+  from pydicom.dataset import FileMetaDataset
+  # pylint: enable=g-import-not-at-top
   meta = FileMetaDataset()
   meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
   meta.MediaStorageSOPInstanceUID = uid.generate_uid()
