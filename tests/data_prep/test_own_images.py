@@ -187,3 +187,11 @@ def test_dicom_without_pydicom_is_a_named_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, 'pydicom', None)
   with pytest.raises(images.UnreadableImage, match=r'pydicom.*\[dicom\]'):
     images.read_rgb(str(path))
+
+
+def test_max_short_side_shrinks_larger_images_only(tmp_path):
+  path = _save(tmp_path, 'a.png', fixtures.pattern(6, 0))  # 16 x 20
+  shrunk = Image.open(io.BytesIO(images.encoded_rgb(path, max_short_side=8)))
+  assert shrunk.size == (10, 8) and shrunk.mode == 'RGB'
+  with open(path, 'rb') as f:
+    assert images.encoded_rgb(path, max_short_side=16) == f.read()
