@@ -109,6 +109,10 @@ def load(workdir: str, checkpoint: str = 'last', *,
   # every host restores the one process 0 found.
   directory, step = multihost.chiefs_value(
       'checkpoint', best_checkpoint.find_checkpoint(workdir, checkpoint))
+  if need_data and config.dataset.name == data_prep.FOLDER:
+    # A folder or CSV that changed since the run trained is named, never
+    # rebuilt under the run: the run's data set stays as it trained on it.
+    config.dataset.own.on_change = 'refuse'
   if need_data:
     # As in training: process 0 builds a missing data set, the others wait.
     with multihost.chief_first(

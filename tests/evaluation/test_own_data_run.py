@@ -115,6 +115,19 @@ def test_a_bad_folder_stops_the_command_with_one_line(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+def test_evaluate_names_a_changed_folder_and_leaves_the_build(run):
+  root, workdir, _ = run
+  added = root / 'benign' / 'P099_0.png'
+  Image.fromarray(fixtures.pattern(99, 0)).save(added)
+  try:
+    with pytest.raises(own_dataset.StaleData,
+                       match=r'1 file\(s\) added \(benign/P099_0.png\)'):
+      trained_run.evaluate_run(workdir, 'test', 'last')
+  finally:
+    os.remove(added)
+  trained_run.evaluate_run(workdir, 'test', 'last')  # as it was
+
+
 def test_bad_folder_options_are_named_before_any_work(tmp_path):
   config = folder.get_config()
   config.dataset.manual_dir = str(tmp_path / 'images')
