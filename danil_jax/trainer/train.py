@@ -57,6 +57,8 @@ def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
   named before any data is built or model compiled.
   """
   config_checks.check(config)
+  if config.dataset.name == data_prep.FOLDER:
+    data_prep.own_dataset.absolute_paths(config.dataset)
   if config.model.pretrained:
     from danil_jax.models import weights  # pylint: disable=g-import-not-at-top
     weights.check(config.model.name, config.model.pretrained)

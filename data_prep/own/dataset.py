@@ -118,6 +118,14 @@ class Options:
                                self.build['group_regex'])
 
 
+def absolute_paths(dataset) -> None:
+  """Makes `dataset`'s manual_dir and csv absolute, in place: the run pins
+  them so, and its commands find the data from any directory."""
+  for key in ('manual_dir', 'csv'):
+    if dataset[key]:
+      dataset[key] = os.path.abspath(os.path.expanduser(dataset[key]))
+
+
 def _builder(options: Options, source: sources.Source | None):
   config = builder_lib.FolderConfig(
       name=options.config_name(),

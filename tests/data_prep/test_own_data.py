@@ -154,6 +154,15 @@ def test_patient_subfolders_give_the_groups(tmp_path):
   assert not groups['train'] & (groups['test'] | groups['validation'])
 
 
+def test_relative_folder_paths_are_made_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  dataset = folder.get_config().dataset
+  dataset.manual_dir, dataset.csv = 'images', '~/t.csv'
+  data_prep.own_dataset.absolute_paths(dataset)
+  assert dataset.manual_dir == str(tmp_path / 'images')
+  assert dataset.csv == os.path.expanduser('~/t.csv')
+
+
 def test_class_names_in_the_config_set_the_label_order(made, tmp_path):
   root = made[0]
   builder = data_prep.open_dataset(_dataset(

@@ -45,3 +45,4 @@ def test_builders_without_a_fingerprint_pin_nothing(tmp_path):
     pass
   data_pin.pin(tmp_path, Builder(), write=True, allow_change=False)
   assert not (tmp_path / data_pin.DATA_FILE).exists()
+
