@@ -3,6 +3,7 @@
 The backbones take 8-bit RGB, so every file becomes that, the same way at
 build time and in `danil_jax.predict`:
   * 8-bit RGB PNG/JPEG: kept byte for byte (decoded once to validate);
+  * 16-bit RGB PNG: Pillow's 8 bits (the high byte of each value);
   * grayscale (8 or 16 bit), palette: the gray value repeated in R, G, B;
   * RGBA, LA: the alpha channel dropped;
   * 16-bit and float grayscale (PNG, TIFF): `rescale='minmax'` maps each
@@ -211,7 +212,11 @@ def encoded_rgb(path: str, *, rescale: str = 'minmax',
   if data[128:132] != b'DICM' and not path.lower().endswith(DICOM_EXTENSIONS):
     try:
       with Image.open(io.BytesIO(data)) as original:
+        # 8 bits per channel only: readers that honour a 16-bit PNG's
+        # depth (OpenCV, under tfds) would not return uint8.
         if (original.format in ('PNG', 'JPEG') and original.mode == 'RGB'
+            and (original.format == 'JPEG' or data[24] == 8)
+            and 'transparency' not in original.info
             and getattr(original, 'n_frames', 1) == 1
             and not (max_short_side and
                      min(original.size) > max_short_side)):

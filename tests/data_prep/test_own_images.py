@@ -4,7 +4,9 @@ formula, MONOCHROME1), on generated files and pydicom's own CT and MR files.
 """
 
 import io
+import struct
 import sys
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -195,3 +197,32 @@ def test_max_short_side_shrinks_larger_images_only(tmp_path):
   assert shrunk.size == (10, 8) and shrunk.mode == 'RGB'
   with open(path, 'rb') as f:
     assert images.encoded_rgb(path, max_short_side=16) == f.read()
+
+
+def _png_rgb16(path, values):
+  """A 16-bit RGB PNG written by hand (Pillow writes none)."""
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data +
+            struct.pack('>I', zlib.crc32(kind + data)))
+  height, width, _ = values.shape
+  rows = b''.join(b'\0' + values[y].astype('>u2').tobytes()
+                  for y in range(height))
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' +
+            chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 16, 2, 0,
+                                       0, 0)) +
+            chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+  return path
+
+
+def test_16_bit_rgb_png_is_stored_as_8_bit(tmp_path):
+  values = (fixtures.pattern(7, 1).astype(np.uint16) * 257 + 100)
+  path = _png_rgb16(str(tmp_path / 'rgb16.png'), values)
+  by_hand = (values >> 8).astype(np.uint8)  # the high byte
+  np.testing.assert_array_equal(images.read_rgb(path), by_hand)
+  stored = images.encoded_rgb(path)
+  with open(path, 'rb') as f:
+    assert stored != f.read()
+  with Image.open(io.BytesIO(stored)) as image:
+    assert image.mode == 'RGB'
+    np.testing.assert_array_equal(np.asarray(image), by_hand)
