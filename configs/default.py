@@ -52,7 +52,38 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.builder_config = ''
   config.dataset.data_dir = '~/tensorflow_datasets'
   config.dataset.manual_dir = ''
+  # 0: the data set's number of classes (a folder or CSV gives it); a
+  # number is checked against the data.
   config.dataset.num_classes = 0
+  # name='folder' (configs/folder.py): a user's images, manual_dir as
+  # DIR/<class>/... or DIR/{train,validation,test}/<class>/..., or `csv`, a
+  # CSV/TSV of path, label[, group][, split]. class_names: their order
+  # (label ids); () = sorted (numerically where all are numbers).
+  config.dataset.csv = ''
+  config.dataset.class_names = ()
+  # How a folder or CSV is read, split and stored (data_prep/own):
+  # *_column: the table's column names (group: patient/lesion/slide; a
+  # group or split column absent under its default name is no error).
+  # group_regex: the group from each path (first capture group) where there
+  # is no group column, e.g. r'(P\d+)_'. Without a group every image is its
+  # own group.
+  # test_fraction, validation_fraction, seed: the splits made where none
+  # are given, stratified by class and grouped; where the train split is
+  # given alone, test and validation are carved from it.
+  # allow_shared_groups: accept a group found in two given splits.
+  # skip_bad: leave unreadable files out (listed in skipped.csv) rather
+  # than stop. rescale: 16-bit/float grayscale to 8 bits, 'minmax' (each
+  # image's range) or 'dtype' (0..65535). dicom_window: (center, width)
+  # overriding each DICOM file's VOI window. max_short_side: shrink larger
+  # images when storing them (0: never). workers: decoding processes (0:
+  # up to 8). on_change: 'rebuild' or 'refuse' a source that changed since
+  # its build.
+  config.dataset.own = ml_collections.ConfigDict(dict(
+      path_column='path', label_column='label', group_column='group',
+      split_column='split', group_regex='', test_fraction=0.2,
+      validation_fraction=0.1, seed=0, allow_shared_groups=False,
+      skip_bad=False, rescale='minmax', dicom_window=(), max_short_side=0,
+      workers=0, on_change='rebuild'))
   # The paper trains on its whole 70% (or official) training set, which our
   # builders write as train + validation. To tune hyperparameters, train on
   # 'train' and evaluate on 'validation'; 'test' is for final numbers only.

@@ -4,6 +4,9 @@ Every builder yields examples with at least
   'image': tfds.features.Image(shape=(None, None, 3))  (uint8 RGB)
   'label': tfds.features.ClassLabel
 and writes array_record files read through `tfds.data_source` / grain.
+`open_dataset(config.dataset)` is what the trainer and the commands call:
+it serves both the builders below and a user's own folder or CSV
+(`name='folder'`, data_prep/own).
 """
 
 import importlib
@@ -13,6 +16,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_prep import common
+from data_prep.own import dataset as own_dataset
 
 # name -> 'module:ClassName'. Imported lazily: a builder module registers a
 # TFDS name on import and may pull in heavy dependencies.
@@ -22,6 +26,10 @@ BUILDERS = {
     'aptos2019': 'data_prep.aptos2019.builder:Aptos2019',
     'crc_msi': 'data_prep.crc_msi.builder:CrcMsi',
 }
+
+
+# config.dataset.name of a user's own folder or CSV (data_prep/own).
+FOLDER = 'folder'
 
 
 def builder_class(name: str):
@@ -73,3 +81,24 @@ def prepare(name: str, *, data_dir: str, manual_dir: str | None = None,
     builder.download_and_prepare(
         file_format='array_record', download_config=download_config)
   return builder
+
+
+def open_dataset(dataset, *, build: bool = True):
+  """The builder of `dataset` (a config.dataset), built first if needed.
+
+  `build=False` on the hosts that wait for process 0 to build it.
+  """
+  if dataset.name == FOLDER:
+    return own_dataset.prepare(dataset, build=build)
+  return prepare(dataset.name, data_dir=dataset.data_dir,
+                 manual_dir=dataset.manual_dir or None,
+                 config=dataset.builder_config or None, build=build)
+
+
+def dataset_builder(dataset):
+  """The builder of `dataset` (a config.dataset) for its metadata, without
+  building, scanning or reading its images."""
+  if dataset.name == FOLDER:
+    return own_dataset.builder(dataset)
+  return get_builder(dataset.name, data_dir=dataset.data_dir,
+                     config=dataset.builder_config or None)

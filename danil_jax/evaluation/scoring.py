@@ -31,7 +31,8 @@ from danil_jax.runtime import steps
 # Text/scalar features kept beside each prediction, when the data set has
 # them; the first present one names the example in predictions.csv.
 ID_FEATURES = ('image_id', 'id_code', 'filename')
-METADATA_FEATURES = ID_FEATURES + ('lesion_id', 'patient_id', 'slide_id')
+METADATA_FEATURES = ID_FEATURES + ('lesion_id', 'patient_id', 'slide_id',
+                                    'group')
 
 
 @dataclasses.dataclass

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from danil_jax import models
 from danil_jax.evaluation import best_checkpoint
@@ -41,12 +40,14 @@ from danil_jax.evaluation import scoring as evaluation
 from danil_jax.method import intrinsic_maps
 from danil_jax.runtime import augment
 from danil_jax.runtime import checkpointing
+from danil_jax.runtime import data_pin
 from danil_jax.runtime import ema
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
 from danil_jax.runtime import steps
 from danil_jax.runtime import tta as tta_lib
 import data_prep
+from data_prep.own import images as own_images
 
 
 @dataclasses.dataclass
@@ -84,10 +85,11 @@ def load(workdir: str, checkpoint: str = 'last', *,
   """The run in `workdir` with the model of `checkpoint` restored.
 
   Without `need_data` (predicting on files) the data set is not built or
-  read: its builder only gives the class names. `weights`: 'ema' or 'raw'
-  (ema.py), None for those the run reports (ema.default_weights). `tta`:
-  the test-time augmentation of its eval step; None takes the run's
-  config.eval.tta.
+  read, and `builder` is None: the class names come from WORKDIR/data.json
+  where the run pinned its data, else from the data set's builder.
+  `weights`: 'ema' or 'raw' (ema.py), None for those the run reports
+  (ema.default_weights). `tta`: the test-time augmentation of its eval
+  step; None takes the run's config.eval.tta.
   """
   workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)
@@ -107,20 +109,22 @@ def load(workdir: str, checkpoint: str = 'last', *,
   # every host restores the one process 0 found.
   directory, step = multihost.chiefs_value(
       'checkpoint', best_checkpoint.find_checkpoint(workdir, checkpoint))
+  if need_data and config.dataset.name == data_prep.FOLDER:
+    # A folder or CSV that changed since the run trained is named, never
+    # rebuilt under the run: the run's data set stays as it trained on it.
+    config.dataset.own.on_change = 'refuse'
   if need_data:
     # As in training: process 0 builds a missing data set, the others wait.
     with multihost.chief_first(
         'dataset', config.distributed_init.data_build_timeout_s):
-      builder = data_prep.prepare(
-          config.dataset.name, data_dir=config.dataset.data_dir,
-          manual_dir=config.dataset.manual_dir or None,
-          config=config.dataset.builder_config or None,
-          build=multihost.is_chief())
+      builder = data_prep.open_dataset(config.dataset,
+                                       build=multihost.is_chief())
+    data_pin.check(workdir, builder)
+    class_names = list(builder.info.features['label'].names)
   else:
-    builder = data_prep.get_builder(
-        config.dataset.name, data_dir=config.dataset.data_dir,
-        config=config.dataset.builder_config or None)
-  class_names = list(builder.info.features['label'].names)
+    builder = None
+    class_names = data_pin.class_names(workdir) or list(
+        data_prep.dataset_builder(config.dataset).info.features['label'].names)
   mesh = multihost.make_mesh()
   model_info = models.info(config.model.name)
   pre = input_pipeline.Preprocessing(
@@ -213,12 +217,19 @@ def image_paths(pattern: str) -> list[str]:
   return sorted(paths)
 
 
-def read_image(path: str):
-  """uint8 HxWx3 RGB, or raises ValueError naming the file."""
+def read_image(path: str, dataset=None):
+  """uint8 HxWx3 RGB, or raises ValueError naming the file.
+
+  Read as a folder data set's build reads it (data_prep/own/images.py:
+  16-bit, DICOM windows, grayscale), with `dataset`'s (config.dataset)
+  rescale and DICOM window where it has them.
+  """
+  own = dataset.get('own') if dataset is not None else None
   try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert('RGB'))
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    return own_images.read_rgb(
+        path, rescale=own.rescale if own else 'minmax',
+        window=tuple(own.dicom_window) if own else ())
+  except OSError as e:
     raise ValueError(f'{path}: not a readable image ({e})') from None
 
 
@@ -251,8 +262,8 @@ def predict_files(run, paths: list[str], *, skip_bad: bool = False):
   for i in (i for batch in positions for i in batch if i < len(paths)):
     try:
       images[i] = augment.eval_transform(
-          read_image(paths[i]), size=run.pre.size, mean=run.pre.mean,
-          std=run.pre.std)
+          read_image(paths[i], run.config.dataset), size=run.pre.size,
+          mean=run.pre.mean, std=run.pre.std)
     except ValueError as e:
       bad.append(str(e))
   if bad and not skip_bad:

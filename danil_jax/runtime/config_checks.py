@@ -14,6 +14,8 @@ from danil_jax import models
 from danil_jax.method import losses
 from danil_jax.runtime import steps
 from danil_jax.runtime import tta
+import data_prep
+from data_prep.own import dataset as own_dataset
 
 # Smallest input side each backbone accepts: below it a feature map becomes
 # empty (Inception-v4's unpadded stem and reductions; VGG's five 2x2 pools
@@ -57,12 +59,14 @@ def check(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'eval.tta', tta.MODES)
   for key in ('input.global_batch_size', 'input.eval_batch_size',
               'num_epochs', 'log_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'dataset.num_classes',
+              'keep_checkpoints',
               'faults.max_nonfinite_in_a_row',
               'faults.preemption_sync_every_steps'):
     _positive_int(config, key)
   if config.max_steps != -1:
     _positive_int(config, 'max_steps')
+  if config.dataset.num_classes != 0:  # 0: the data set's
+    _positive_int(config, 'dataset.num_classes')
   learning_rate = config.optim.learning_rate
   if not isinstance(learning_rate, (int, float)) or not (
       0 < learning_rate < float('inf')):
@@ -81,6 +85,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not config.dataset.name:
     raise ConfigError('config.dataset.name is empty; use a data set config '
                       '(configs/demo.py, configs/crc_msi.py, ...)')
+  if config.dataset.name == data_prep.FOLDER:
+    # Its source and options (data_prep.own.dataset.BadOption).
+    own_dataset.Options.from_config(config.dataset)
   _check_image_size(config)
 
 

@@ -44,6 +44,11 @@ OBSERVE_ONLY = (
     'keep_checkpoints',
     'dataset.data_dir',
     'dataset.manual_dir',
+    'dataset.csv',
+    # How fast a folder data set is built, and whether a changed source is
+    # rebuilt; WORKDIR/data.json pins the data itself (data_pin.py).
+    'dataset.own.workers',
+    'dataset.own.on_change',
     'distributed',
     'distributed_init',
     'input.num_workers',

@@ -23,6 +23,7 @@ from danil_jax.evaluation import metrics as metrics_lib
 from danil_jax.evaluation import scoring as evaluation
 from danil_jax.runtime import checkpointing
 from danil_jax.runtime import config_checks
+from danil_jax.runtime import data_pin
 from danil_jax.runtime import faults
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
@@ -56,6 +57,8 @@ def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
   named before any data is built or model compiled.
   """
   config_checks.check(config)
+  if config.dataset.name == data_prep.FOLDER:
+    data_prep.own_dataset.absolute_paths(config.dataset)
   multihost.same_on_every_host('config', run_config.shared_by_every_host(
       config), 'the config (the keys that differ)')
   if config.model.pretrained:
@@ -83,21 +86,18 @@ def _open_data(config: ml_collections.ConfigDict,
   # others wait; then they open it. Its failure ends every host at once.
   with multihost.chief_first('dataset',
                              config.distributed_init.data_build_timeout_s):
-    builder = data_prep.prepare(
-        config.dataset.name, data_dir=config.dataset.data_dir,
-        manual_dir=config.dataset.manual_dir or None,
-        config=config.dataset.builder_config or None, build=is_chief)
+    builder = data_prep.open_dataset(config.dataset, build=is_chief)
   config_checks.check_splits(config, builder)
   class_names = list(builder.info.features['label'].names)
   train_source = builder.as_data_source(config.dataset.train_split)
   multihost.same_on_every_host(
       'dataset', [class_names, len(train_source)],
       'the data set (its classes, the number of training images)')
-  if len(class_names) != config.dataset.num_classes:
-    raise ValueError(
+  if config.dataset.num_classes not in (0, len(class_names)):
+    raise config_checks.ConfigError(
         f'config.dataset.num_classes is {config.dataset.num_classes} but '
         f'{config.dataset.name!r} has {len(class_names)} classes: '
-        f'{class_names}')
+        f'{class_names} (0 takes them from the data)')
   model_info = models.info(config.model.name)
   pre = input_pipeline.Preprocessing(
       size=config.dataset.image_size or model_info.input_size,
@@ -127,7 +127,7 @@ def _train_batches(run: train_loop.Run, start_step: int):
 def _initial_state(run: train_loop.Run) -> steps.TrainState:
   """The model's initial (or pretrained) weights and optimiser, replicated."""
   config, dataset, mesh = run.config, run.dataset, run.mesh
-  model = models.create(config.model.name, config.dataset.num_classes,
+  model = models.create(config.model.name, len(dataset.class_names),
                         dtype=jnp.dtype(config.model.dtype),
                         conv_rules=config.model.conv_rules)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -162,6 +162,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ----------------------------------------------------------------- data --
   run = train_loop.Run(config, workdir, is_chief, mesh,
                        _open_data(config, is_chief))
+  data_pin.pin(workdir, run.dataset.builder, write=is_chief,
+               allow_change=config.faults.allow_config_change)
 
   # ----------------------------------------------- model and optimiser --
   state = _initial_state(run)

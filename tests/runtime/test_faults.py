@@ -516,6 +516,8 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(
      r'image_size 31 is below the smallest input vgg11 accepts, 32'),
     ({'faults.max_nonfinite_in_a_row': 0},
      r'config.faults.max_nonfinite_in_a_row must be a positive integer'),
+    ({'dataset.num_classes': -1},  # 0 takes the data set's
+     r'config.dataset.num_classes must be a positive integer, got -1'),
 ])
 def test_bad_config_values_are_named_before_any_work(tmp_path, data_dir,
                                                      overrides, message):

@@ -301,3 +301,25 @@ def test_bucket_workdirs_are_not_taken_for_local_paths(tmp_path, monkeypatch):
   assert os.fspath(run_log.MetricsLog('gs://b/run').path) == (
       'gs://b/run/metrics.jsonl')
   assert os.fspath(checkpointing.absolute_path('run')) == str(tmp_path / 'run')
+
+
+def test_a_folder_data_set_is_built_by_process_0_alone(tmp_path):
+  """configs/folder.py on two hosts: process 0 scans and builds, process 1
+  waits, then both open the same build and train."""
+  from data_prep.own import fixtures  # pylint: disable=g-import-not-at-top
+  fixtures.make_folder(str(tmp_path / 'images'), patients=6, per_patient=2)
+  argv = [sys.executable, '-m', 'danil_jax.main', '--config=configs/folder.py',
+          f'--workdir={tmp_path / "work"}',
+          f'--config.dataset.manual_dir={tmp_path / "images"}',
+          f'--config.dataset.data_dir={tmp_path / "data"}',
+          '--config.dataset.own.group_regex=(P\\d+)_',
+          '--config.dataset.image_size=16', '--config.model.name=small_resnet',
+          '--config.method=base', '--config.max_steps=2',
+          '--config.input.global_batch_size=4',
+          '--config.input.eval_batch_size=4', '--config.input.num_workers=0']
+  assert finish(start_two(argv, tmp_path, 'folder')) == [0, 0]
+  logs = [read_log(tmp_path / f'folder_{p}.log') for p in range(2)]
+  assert 'building' in logs[0] and 'building' not in logs[1]
+  assert (tmp_path / 'work' / 'final_metrics.json').exists()
+  assert json.loads((tmp_path / 'work' / 'data.json').read_text())[
+      'class_names'] == ['benign', 'malignant']
