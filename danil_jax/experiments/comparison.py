@@ -4,7 +4,10 @@ Per method: the mean and sample standard deviation over seeds of each final
 metric, and the paired difference to the first method on the same seeds with
 its 95% confidence interval, p-value and the smallest difference the seeds
 could detect (danil_jax.experiments.paired_stats); DANIL's gradient ratio as
-logged.
+logged; with the map distance scored (`compare --map_distance`), DANIL's
+mechanism beside them: the log10 median of ||A+ - A-||^2 over the test
+images, the misclassified ones and the near misses
+(danil_jax.evaluation.map_distance), paired like the metrics.
 `plot_sweep` draws them against a swept config value (danil_jax.compare).
 
 The `control` method is DANIL's step with lam = 0: the gradient of Base up to
@@ -15,6 +18,7 @@ rounding and the chaos of training produce without any method.
 
 import numpy as np
 
+from danil_jax.evaluation import map_distance
 from danil_jax.experiments import paired_stats
 from danil_jax.experiments import paper_numbers
 
@@ -22,6 +26,10 @@ METRICS = ('macro_f1', 'accuracy')
 # Summarised like METRICS where every seed's run has them (ece_calibrated and
 # brier only with a validation split; danil_jax/evaluation/calibration.py).
 CALIBRATION = ('ece', 'ece_calibrated', 'brier')
+# Likewise, where every seed's run had its maps scored; paired in the table
+# of differences beside METRICS.
+MAP_DISTANCE = map_distance.SCALARS
+OPTIONAL = CALIBRATION + MAP_DISTANCE
 # Read from each DANIL run's metrics.jsonl: whether the term acts at all.
 DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')
 # Config sections only one method reads.
@@ -58,8 +66,8 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
   summary = {}
   for method in methods:
     entry = dict(seeds=sorted(results[method]))
-    for metric in METRICS + CALIBRATION:
-      if metric in CALIBRATION and not all(
+    for metric in METRICS + OPTIONAL:
+      if metric in OPTIONAL and not all(
           results[method][s].get(metric) is not None for s in entry['seeds']):
         continue
       values = np.array([results[method][s][metric] for s in entry['seeds']])
@@ -106,21 +114,8 @@ def format_summary(summary: dict) -> str:
     cells.append(f"{entry[ratio]['mean']:>10.3g}" if ratio in entry
                  else f"{'-':>10}")
     lines.append(f"{method:<8} {len(entry['seeds']):>5}  " + '  '.join(cells))
-  calibration = [m for m in CALIBRATION if any(m in summary[n] for n in methods)]
-  if calibration:
-    lines.append(f"{'':<8} {'':>5}  " + '  '.join(f'{m:>34}'
-                                                  for m in calibration))
-    for method in methods:
-      cells = []
-      for metric in calibration:
-        value = summary[method].get(metric)
-        cell = '-' if value is None else (
-            f"{value['mean']:.4f} +- {value['sd']:.4f}")
-        paired = (value or {}).get(f'minus_{methods[0]}')
-        if paired and paired['sd'] is not None:
-          cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
-        cells.append(f'{cell:>34}')
-      lines.append(f"{method:<8} {'':>5}  " + '  '.join(cells))
+  for group in (CALIBRATION, MAP_DISTANCE):
+    lines += _optional_lines(summary, group)
   lines.append(f'mean +- sample sd over seeds; (+x +- s): mean and sample sd '
                f'of the paired difference to {methods[0]} on the same seeds; '
                'grad ratio: '
@@ -136,14 +131,37 @@ def format_summary(summary: dict) -> str:
   return '\n'.join(lines)
 
 
+def _optional_lines(summary: dict, group) -> list[str]:
+  """The rows of the `group` metrics some method has, as in the table."""
+  methods = list(summary)
+  present = [m for m in group if any(m in summary[n] for n in methods)]
+  lines = []
+  if present:
+    lines.append(f"{'':<8} {'':>5}  " + '  '.join(f'{m:>34}'
+                                                  for m in present))
+    for method in methods:
+      cells = []
+      for metric in present:
+        value = summary[method].get(metric)
+        cell = '-' if value is None else (
+            f"{value['mean']:.4f} +- {value['sd']:.4f}")
+        paired = (value or {}).get(f'minus_{methods[0]}')
+        if paired and paired['sd'] is not None:
+          cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
+        cells.append(f'{cell:>34}')
+      lines.append(f"{method:<8} {'':>5}  " + '  '.join(cells))
+  return lines
+
+
 def difference_rows(summary: dict, pm: str = '±') -> list[list[str]]:
   """[method, metric, *paired_stats.HEADERS] per method but the reference
-  and metric with a paired difference."""
+  and metric (METRICS, then MAP_DISTANCE where scored) with a paired
+  difference."""
   reference = next(iter(summary))
   rows = []
   for method, entry in summary.items():
-    for metric in METRICS:
-      stat = entry[metric].get(f'minus_{reference}')
+    for metric in METRICS + MAP_DISTANCE:
+      stat = entry.get(metric, {}).get(f'minus_{reference}')
       if stat:
         rows.append([method, metric] + paired_stats.cells(stat, pm))
   return rows

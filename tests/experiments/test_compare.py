@@ -76,6 +76,28 @@ def test_calibration_columns_where_every_seed_has_them():
   assert 'ece_calibrated' not in table and 'brier' in table
 
 
+def test_map_distance_is_paired_where_every_seed_has_it():
+  results = {
+      'base': {0: dict(macro_f1=0.5, accuracy=0.6, log10_map_distance=-2.0),
+               1: dict(macro_f1=0.7, accuracy=0.8, log10_map_distance=-3.0,
+                       log10_map_distance_misclassified=-1.0)},
+      'danil': {0: dict(macro_f1=0.5, accuracy=0.6, log10_map_distance=-1.5),
+                1: dict(macro_f1=0.7, accuracy=0.8, log10_map_distance=-2.0)},
+  }
+  summary = comparison.summarize(results)
+  stat = summary['danil']['log10_map_distance']['minus_base']
+  assert stat['mean'] == pytest.approx(0.75)  # differences 0.5 and 1.0
+  assert stat['sd'] == pytest.approx(np.sqrt(2 * 0.25 ** 2))
+  assert 'log10_map_distance_misclassified' not in summary['base']
+  rows = comparison.difference_rows(summary)
+  assert [row[:3] for row in rows] == [
+      ['danil', 'macro_f1', '2'], ['danil', 'accuracy', '2'],
+      ['danil', 'log10_map_distance', '2']]
+  assert rows[2][3] == '+0.7500 ± 0.3536'
+  table = comparison.format_summary(summary)
+  assert '-1.7500 +- 0.3536 (+0.7500 +- 0.3536)' in table
+
+
 def test_command_trains_each_seed_and_summarises_their_final_metrics(
     tmp_path):
   """Base and the control (DANIL with lam = 0) on two seeds, one step each:
@@ -86,7 +108,7 @@ def test_command_trains_each_seed_and_summarises_their_final_metrics(
        f'--workdir={work}', '--methods=base,control', '--seeds=3,4',
        f'--config.dataset.data_dir={tmp_path / "data"}',
        '--config.max_steps=1', '--config.input.global_batch_size=8',
-       '--config.input.eval_batch_size=200'],
+       '--config.input.eval_batch_size=200', '--map_distance'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(work / 'comparison.json'))
@@ -119,6 +141,18 @@ def test_command_trains_each_seed_and_summarises_their_final_metrics(
   header = next(line for line in console if '95% CI' in line)
   assert 'detectable' in header and 'reading' in header
   assert any(line.startswith('control  macro_f1  2') for line in console)
+  # --map_distance: each run's log10 median ||A+ - A-||^2, as its evaluation
+  # folder has it, paired like the metrics.
+  for method in ('base', 'control'):
+    medians = [json.load(open(
+        work / f'{method}_seed{s}' / 'eval' / 'test_last' / 'metrics.json'))[
+            'map_distance']['all']['median'] for s in (3, 4)]
+    assert summary[method]['log10_map_distance']['values'] == pytest.approx(
+        np.log10(medians).tolist())
+  assert summary['control']['log10_map_distance']['minus_base']['n'] == 2
+  assert '| control | log10_map_distance | 2 |' in markdown
+  assert any(line.startswith('control  log10_map_distance  2')
+             for line in console)
 
 
 def _config():
