@@ -21,7 +21,9 @@ protocol's noise floor, measured beside the comparison.
 eval-split image's ||A+ - A-||^2 with its last model (`evaluate
 --map_distance`, written into the run's eval/<split>_last[_<tta>]/ and read
 from there on a rerun), and pairs the log10 of its median over all,
-misclassified and near-miss images like the metrics.
+misclassified and near-miss images like the metrics; with a sweep,
+WORKDIR/mechanism.png draws those and macro-F1 against the swept value
+beside the control's band (danil_jax.experiments.mechanism).
 
 `--sweep` takes `key=v1,v2,...` for any config key (repeat the flag or join
 keys with ';'; several keys give their full grid). A key under a method's
@@ -43,6 +45,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from danil_jax.experiments import comparison
+from danil_jax.experiments import mechanism
 from danil_jax.runtime import run_config
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of all the runs.')
@@ -64,6 +67,7 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
 
 SWEEP_PLOT = 'sweep.png'
 DIFFERENCES_PLOT = 'differences.png'
+MECHANISM_PLOT = 'mechanism.png'  # with --map_distance and a sweep
 COMPARISON = 'comparison'  # .json and .md
 
 
@@ -314,6 +318,9 @@ def _write_comparison(config, workdir: str, sweep, summaries) -> None:
           + comparison.format_summary(summary))
   plot = comparison.plot_sweep(summaries, sweep,
                                os.path.join(workdir, SWEEP_PLOT))
+  if _MAP_DISTANCE.value:
+    plot += ', ' + mechanism.plot(summaries, sweep,
+                                  os.path.join(workdir, MECHANISM_PLOT))
   print(f'\nwrote {plot} and {forest}')
 
 if __name__ == '__main__':

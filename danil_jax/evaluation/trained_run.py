@@ -309,14 +309,24 @@ def chosen_indices(split_size: int, num: int):
                    .round().astype(int))
 
 
-def compute_maps(run, split: str, num: int) -> dict:
-  """Preprocessed images, labels and the maps of the chosen examples.
+def near_miss_indices(run: TrainedRun, split: str, num: int) -> np.ndarray:
+  """The `num` examples of `split` with the smallest top-2 probability
+  margin under the run's model (map_distance.near_misses' order)."""
+  margin = split_maps(run, split)['margin']
+  return np.argsort(margin, kind='stable')[:num]
+
+
+def compute_maps(run, split: str, num: int, indices=None) -> dict:
+  """Preprocessed images, labels and the maps of the chosen examples:
+  `indices` of the split, or `num` spread evenly over it.
 
   The chosen examples are padded to a multiple of the devices and sharded
   over them (each host preprocesses its slice); every host gets them all.
   """
   source = run.builder.as_data_source(split)
-  indices = chosen_indices(len(source), num)
+  if indices is None:
+    indices = chosen_indices(len(source), num)
+  indices = np.asarray(indices)
   padded = -(-len(indices) // run.mesh.size) * run.mesh.size
   (mine,) = _this_hosts_positions(padded, padded, run.mesh)
   blank = np.zeros((run.pre.size, run.pre.size, 3), np.float32)

@@ -227,7 +227,7 @@ def to_markdown(summaries: list[tuple[tuple, dict]], title: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _sweep_series(summaries: list[tuple[tuple, dict]], sweep):
+def sweep_series(summaries: list[tuple[tuple, dict]], sweep):
   """(x key, {value text: x position}, whether x is numeric,
   {(method, other keys' texts): {x value text: summary entry}}).
 
@@ -269,7 +269,7 @@ def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
   matplotlib.use('Agg')  # no display on servers and CI
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  x_key, positions, numeric, series = _sweep_series(summaries, sweep)
+  x_key, positions, numeric, series = sweep_series(summaries, sweep)
   values = list(positions.values())
   log_x = numeric and min(values) > 0 and max(values) / min(values) >= 100
   span = (max(values) - min(values)) or abs(values[0]) or 1.0

@@ -251,6 +251,36 @@ def test_evaluate_map_distance_summarises_its_per_image_column(demo_run):
     assert row['y_minus'] == top_wrong
 
 
+def test_response_maps_of_near_misses_beside_another_run(demo_run,
+                                                         tmp_path):
+  """--near_misses: the images of smallest top-2 margin, here from the
+  model's logits image by image; --beside: a second run's maps of them (the
+  same run here, so the same maps)."""
+  workdir, _ = demo_run
+  out = tmp_path / 'near.png'
+  result = _command('response_maps', f'--workdir={workdir}', '--num=3',
+                    '--near_misses', f'--beside={workdir}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert out.read_bytes()[:4] == b'\x89PNG'
+  maps, beside = np.load(tmp_path / 'near.npz'), np.load(
+      tmp_path / 'near_beside.npz')
+  run = trained_run.load(workdir, 'last')
+  source = run.builder.as_data_source('test')
+  images = np.stack([augment.eval_transform(
+      source[i]['image'], size=32, mean=run.pre.mean, std=run.pre.std)
+                     for i in range(len(source))])
+  logits = np.asarray(run.model.apply(
+      {'params': run.state.params, 'batch_stats': run.state.batch_stats},
+      images, train=False), np.float64)
+  p = np.sort(np.exp(logits - logits.max(1, keepdims=True)), axis=1)
+  p /= p.sum(1, keepdims=True)
+  margin = p[:, -1] - p[:, -2]
+  assert sorted(margin[maps['indices']]) == pytest.approx(
+      sorted(margin)[:3], abs=1e-6)
+  np.testing.assert_array_equal(beside['indices'], maps['indices'])
+  np.testing.assert_allclose(beside['distance'], maps['distance'], rtol=1e-6)
+
+
 def test_tensorboard_has_the_runs_scalars(demo_run):
   from tensorboard.backend.event_processing import event_accumulator
   workdir, _ = demo_run
