@@ -168,18 +168,24 @@ def difference_rows(summary: dict, pm: str = '±') -> list[list[str]]:
 
 
 def noise_floor(summary: dict) -> str | None:
-  """A sentence on the control's difference to the reference, if both ran."""
+  """A sentence on the control's difference to the reference, if both ran:
+  in METRICS[0], then in the map distance where it was scored."""
   reference = next(iter(summary))
   if reference == CONTROL or CONTROL not in summary:
     return None
-  stat = summary[CONTROL][METRICS[0]].get(f'minus_{reference}')
-  if not stat or stat['detectable'] is None:
+  sentences = []
+  for metric in (METRICS[0], MAP_DISTANCE[0]):
+    stat = summary[CONTROL].get(metric, {}).get(f'minus_{reference}')
+    if not stat or stat['detectable'] is None:
+      continue
+    sentences.append(
+        f'{metric} sd {stat["sd"]:.4f} over {stat["n"]} pairs (a difference '
+        f'below {stat["detectable"]:.4f} would likely be missed)')
+  if not sentences:
     return None
   return (f'Noise floor: {CONTROL} (DANIL with lam = 0, the gradient of '
           f"{reference} up to rounding) differs from {reference} by "
-          f"{METRICS[0]} sd {stat['sd']:.4f} over {stat['n']} pairs; at that "
-          f"spread a difference below {stat['detectable']:.4f} would "
-          'likely be missed.')
+          + '; by '.join(sentences) + '.')
 
 
 def _text_table(header, rows) -> str:

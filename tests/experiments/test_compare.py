@@ -302,3 +302,22 @@ def test_control_trains_danil_with_lam_0_whatever_the_sweep(tmp_path):
   saved.danil.lam = 1e-5  # a DANIL run is not the control
   (tmp_path / 'config.json').write_text(saved.to_json_best_effort())
   assert compare.finished_report(str(tmp_path), settings) is None
+
+
+def test_noise_floor_names_the_map_distance_where_scored():
+  def run(f1, distance=None):
+    out = dict(macro_f1=f1, accuracy=f1)
+    if distance is not None:
+      out['log10_map_distance'] = distance
+    return out
+
+  results = dict(base={0: run(0.5, -2.0), 1: run(0.7, -3.0)},
+                 control={0: run(0.52, -1.9), 1: run(0.71, -3.0)})
+  floor = comparison.noise_floor(comparison.summarize(results))
+  assert floor.startswith('Noise floor: control')
+  assert 'macro_f1 sd 0.0071 over 2 pairs' in floor
+  assert 'by log10_map_distance sd 0.0707 over 2 pairs' in floor
+  results = dict(base={0: run(0.5), 1: run(0.7)},
+                 control={0: run(0.52), 1: run(0.71)})
+  assert 'log10_map_distance' not in comparison.noise_floor(
+      comparison.summarize(results))
