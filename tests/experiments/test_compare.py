@@ -321,3 +321,34 @@ def test_noise_floor_names_the_map_distance_where_scored():
                  control={0: run(0.52), 1: run(0.71)})
   assert 'log10_map_distance' not in comparison.noise_floor(
       comparison.summarize(results))
+
+
+def test_map_scalars_read_from_an_evaluation_of_the_same_step(tmp_path,
+                                                              monkeypatch):
+  from danil_jax.evaluation import trained_run
+  config = ml_collections.ConfigDict(dict(
+      dataset=dict(eval_split='test'), eval=dict(tta='flips')))
+  block = {group: dict(median=10.0 ** exponent, q1=0.0, q3=0.0, count=1)
+           for group, exponent in (('all', -2), ('misclassified', -1),
+                                   ('near_miss', 0))}
+  folder = tmp_path / 'eval' / 'test_last_flips'
+  folder.mkdir(parents=True)
+  (folder / 'metrics.json').write_text(json.dumps(dict(step=7,
+                                                       map_distance=block)))
+  calls = []
+
+  def evaluate_run(workdir, split, checkpoint, map_distance):
+    calls.append((workdir, split, checkpoint, map_distance))
+    return '', dict(step=8, map_distance=dict(block, all=dict(
+        median=1000.0, q1=0.0, q3=0.0, count=1)))
+
+  monkeypatch.setattr(trained_run, 'evaluate_run', evaluate_run)
+  assert compare.map_scalars(str(tmp_path), config, dict(step=7)) == {
+      'log10_map_distance': pytest.approx(-2),
+      'log10_map_distance_misclassified': pytest.approx(-1),
+      'log10_map_distance_near_miss': pytest.approx(0)}
+  assert not calls
+  # A retrained run (another step): scored again.
+  scalars = compare.map_scalars(str(tmp_path), config, dict(step=8))
+  assert calls == [(str(tmp_path), 'test', 'last', True)]
+  assert scalars['log10_map_distance'] == pytest.approx(3)
