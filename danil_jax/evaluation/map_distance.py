@@ -98,12 +98,13 @@ def near_misses(margin: np.ndarray) -> np.ndarray:
 
 
 def _stats(values: np.ndarray) -> dict:
+  """STATS of `values`: the median, the quartiles, the count."""
   if not len(values):
-    return dict(median=None, q1=None, q3=None, count=0)
+    return dict(dict.fromkeys(STATS, None), count=0)
   q1, median, q3 = np.percentile(np.asarray(values, np.float64),
                                  [25, 50, 75])
-  return dict(median=float(median), q1=float(q1), q3=float(q3),
-              count=int(len(values)))
+  return dict(zip(STATS, (float(median), float(q1), float(q3),
+                          int(len(values)))))
 
 
 def summary(images: dict) -> dict:
