@@ -13,8 +13,10 @@ def _summaries(with_maps=True):
   distance grows with lam, the control's stays near Base's."""
   rng = np.random.default_rng(0)
 
-  def run(f1, log_distance):
+  def run(f1, log_distance, share=None):
     out = dict(macro_f1=f1, accuracy=f1)
+    if share is not None:
+      out['distraction_grad_share'] = share
     if with_maps:
       out.update(log10_map_distance=log_distance,
                  log10_map_distance_near_miss=log_distance + 0.5)
@@ -27,7 +29,8 @@ def _summaries(with_maps=True):
   summaries = []
   for text, lam, shift in (('1e-5', 1e-5, 0.0), ('1e-2', 1e-2, 1.0)):
     danil = {s: run(r['macro_f1'] + rng.normal(0, 0.005),
-                    r.get('log10_map_distance', 0.0) + shift + rng.normal(0, 0.01))
+                    r.get('log10_map_distance', 0.0) + shift
+                    + rng.normal(0, 0.01), share=lam * 10 * (1 + s))
              for s, r in base.items()}
     summaries.append(((('danil.lam', text, lam),), comparison.summarize(
         dict(base=base, control=control, danil=danil))))
@@ -37,8 +40,22 @@ def _summaries(with_maps=True):
 def test_panels_are_f1_and_the_scored_map_distances():
   summaries, _ = _summaries()
   assert mechanism.present(summaries) == [
-      'macro_f1', 'log10_map_distance', 'log10_map_distance_near_miss']
-  assert mechanism.present(_summaries(with_maps=False)[0]) == ['macro_f1']
+      'macro_f1', 'log10_map_distance', 'log10_map_distance_near_miss',
+      'distraction_grad_share']
+  assert mechanism.present(_summaries(with_maps=False)[0]) == [
+      'macro_f1', 'distraction_grad_share']
+
+
+def test_a_point_is_the_paired_interval_or_the_shares_range():
+  summaries, _ = _summaries()
+  danil = summaries[1][1]['danil']
+  stat = danil['log10_map_distance']['minus_base']
+  assert mechanism._cell(danil, 'log10_map_distance', 'minus_base') == (
+      stat['mean'], *stat['ci95'])
+  assert mechanism._cell(danil, 'distraction_grad_share', 'minus_base') == (
+      pytest.approx(0.2), 0.1, pytest.approx(0.3))  # lam 1e-2, seeds 0-2
+  assert mechanism._cell(summaries[1][1]['base'], 'log10_map_distance',
+                         'minus_base') is None  # the reference itself
 
 
 def test_control_band_is_the_controls_paired_interval():
