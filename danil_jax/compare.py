@@ -3,7 +3,7 @@
   python -m danil_jax.compare --config=configs/demo.py --workdir=/tmp/cmp \
       --methods=base,control,danil --seeds=0,1,2 [--config.num_epochs=3 ...] \
       [--sweep='danil.reduction=per_image,batch;danil.lam=1e-5,1e-3,1e-1']
-      [--only_finished]
+      [--only_finished] [--map_distance]
 
 Trains every (method, sweep point, seed) into its own directory under
 WORKDIR (a rerun reuses the finished runs there and resumes the others),
@@ -17,6 +17,14 @@ the swept value with error bars. The method `control` trains DANIL with
 lam = 0 (whatever `danil.lam` a sweep gives): its difference to Base is the
 protocol's noise floor, measured beside the comparison.
 
+`--map_distance` also measures DANIL's mechanism on every finished run: each
+eval-split image's ||A+ - A-||^2 with its last model (`evaluate
+--map_distance`, written into the run's eval/<split>_last[_<tta>]/ and read
+from there on a rerun), and pairs the log10 of its median over all,
+misclassified and near-miss images like the metrics; with a sweep,
+WORKDIR/mechanism.png draws those and macro-F1 against the swept value
+beside the control's band (danil_jax.experiments.mechanism).
+
 `--sweep` takes `key=v1,v2,...` for any config key (repeat the flag or join
 keys with ';'; several keys give their full grid). A key under a method's
 own section (`danil.*`, `ohem.*`) does not change the other methods' runs,
@@ -25,6 +33,8 @@ method says nothing: DANIL's effect at the paper's lambda is often smaller
 than the spread between seeds.
 """
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -35,6 +45,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from danil_jax.experiments import comparison
+from danil_jax.experiments import mechanism
 from danil_jax.runtime import cli
 from danil_jax.runtime import run_config
 
@@ -49,11 +60,15 @@ _SWEEP = flags.DEFINE_multi_string(
 _ONLY_FINISHED = flags.DEFINE_bool(
     'only_finished', False, 'Train nothing: summarise the runs already '
     'finished (e.g. while a sweep is still running elsewhere).')
+_MAP_DISTANCE = flags.DEFINE_bool(
+    'map_distance', False, "Also score each run's ||A+ - A-||^2 on the eval "
+    'split (evaluate --map_distance) and pair its log10 medians.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
 
 SWEEP_PLOT = 'sweep.png'
 DIFFERENCES_PLOT = 'differences.png'
+MECHANISM_PLOT = 'mechanism.png'  # with --map_distance and a sweep
 COMPARISON = 'comparison'  # .json and .md
 
 
@@ -160,6 +175,31 @@ def diagnostics(workdir: str) -> dict:
           if any(key in r for r in records)}
 
 
+def map_scalars(workdir: str, config, report: dict) -> dict:
+  """map_distance.scalars of the run's last model on its eval split: read
+  from the evaluation folder where an evaluation of the same step wrote
+  them, else scored there now (trained_run.evaluate_run)."""
+  # pylint: disable=g-import-not-at-top
+  from danil_jax.evaluation import map_distance
+  from danil_jax.evaluation import scoring
+  from danil_jax.evaluation import trained_run
+  # pylint: enable=g-import-not-at-top
+  split = config.dataset.eval_split
+  path = os.path.join(workdir, 'eval', scoring.output_name(
+      split, 'last', config.eval.tta), 'metrics.json')
+  try:
+    with open(path) as f:
+      metrics = json.load(f)
+  except (OSError, ValueError):
+    metrics = {}
+  if map_distance.KEY not in metrics or metrics.get('step') != report.get(
+      'step'):
+    with contextlib.redirect_stdout(io.StringIO()):  # its report, not ours
+      _, metrics = trained_run.evaluate_run(workdir, split, 'last',
+                                            map_distance=True)
+  return map_distance.scalars(metrics[map_distance.KEY])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -245,7 +285,11 @@ def _finish(settings, directory: str, *, label: str,
   if report is None:
     with cli.errors_exit():
       report = train.train_and_evaluate(settings, directory)
-  return dict(report, **diagnostics(directory))
+  extra = diagnostics(directory)
+  if _MAP_DISTANCE.value:
+    with cli.errors_exit():
+      extra.update(map_scalars(directory, settings, report))
+  return dict(report, **extra)
 
 
 def _write_comparison(config, workdir: str, sweep, summaries) -> None:
@@ -274,6 +318,9 @@ def _write_comparison(config, workdir: str, sweep, summaries) -> None:
           + comparison.format_summary(summary))
   plot = comparison.plot_sweep(summaries, sweep,
                                os.path.join(workdir, SWEEP_PLOT))
+  if _MAP_DISTANCE.value:
+    plot += ', ' + mechanism.plot(summaries, sweep,
+                                  os.path.join(workdir, MECHANISM_PLOT))
   print(f'\nwrote {plot} and {forest}')
 
 if __name__ == '__main__':

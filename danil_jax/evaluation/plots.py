@@ -178,32 +178,48 @@ def reliability_diagram(labels, probabilities, path: str, *,
 
 
 def response_maps(maps: dict, class_names, pre, path: str,
-                  title: str = '') -> str:
-  """The paper's Fig. 3: image, |A+|, |A-| per row (same colour scale)."""
+                  title: str = '', *, runs=()) -> str:
+  """The paper's Fig. 3: image, |A+|, |A-| per row (same colour scale).
+
+  `runs`: [(name, maps)] of several models on the images of `maps` (the
+  same indices), drawn as a pair of |A+|, |A-| columns each, one colour
+  scale a row; by default `maps` alone, unnamed.
+  """
   plt = _pyplot()
+  named = list(runs) or [('', maps)]
   num = len(maps['indices'])
-  fig, axes = plt.subplots(num, 3, figsize=(7.5, 2.6 * num), squeeze=False)
+  fig, axes = plt.subplots(num, 1 + 2 * len(named),
+                           figsize=(2.5 * (1 + 2 * len(named)), 2.6 * num),
+                           squeeze=False)
   shown = np.clip(maps['images'] * np.asarray(pre.std) + np.asarray(pre.mean),
                   0, 1)
   for row in range(num):
-    a_plus = np.sqrt(np.sum(maps['a_plus'][row] ** 2, -1))
-    a_minus = np.sqrt(np.sum(maps['a_minus'][row] ** 2, -1))
-    vmax = max(a_plus.max(), a_minus.max(), 1e-12)  # one scale per row
+    magnitudes = [(np.sqrt(np.sum(m['a_plus'][row] ** 2, -1)),
+                   np.sqrt(np.sum(m['a_minus'][row] ** 2, -1)))
+                  for _, m in named]
+    vmax = max([a.max() for pair in magnitudes for a in pair]
+               + [1e-12])  # one scale per row
     label = class_names[maps['labels'][row]]
     prediction = class_names[maps['prediction'][row]]
-    y_minus = class_names[maps['y_minus'][row]]
-    panels = ((shown[row], f'#{maps["indices"][row]} label {label}\n'
-               f'predicted {prediction}', None),
-              (a_plus, f'|A+| (y+ = {label})', 'inferno'),
-              (a_minus, f'|A-| (y- = {y_minus})', 'inferno'))
+    panels = [(shown[row], f'#{maps["indices"][row]} label {label}\n'
+               f'predicted {prediction}', None)]
+    for (name, m), (a_plus, a_minus) in zip(named, magnitudes):
+      prefix = f'{name}: ' if name else ''
+      if name:
+        prefix += f'pred {class_names[m["prediction"][row]]}\n'
+      panels += [(a_plus, f'{prefix}|A+| (y+ = {label})', 'inferno'),
+                 (a_minus, f'|A-| (y- = {class_names[m["y_minus"][row]]})',
+                  'inferno')]
     for ax, (image, caption, cmap) in zip(axes[row], panels):
       ax.imshow(image, cmap=cmap, vmin=0 if cmap else None,
                 vmax=vmax if cmap else None)
       ax.set_title(caption, fontsize=8)
       ax.axis('off')
-    axes[row, 2].text(
-        0.5, -0.08, f"||A+ - A-||^2 = {maps['distance'][row]:.3g}",
-        transform=axes[row, 2].transAxes, ha='center', va='top', fontsize=8)
+    for column, (_, m) in enumerate(named):
+      axes[row, 2 + 2 * column].text(
+          0.5, -0.08, f"||A+ - A-||^2 = {m['distance'][row]:.3g}",
+          transform=axes[row, 2 + 2 * column].transAxes, ha='center',
+          va='top', fontsize=8)
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()

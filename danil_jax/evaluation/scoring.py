@@ -50,6 +50,9 @@ class Predictions:
   temperature: float | None = None
   calibrated_probabilities: np.ndarray | None = None
   calibration: str = ''
+  # Further per-image columns, written last to predictions.csv: name -> [N]
+  # texts (the map distance of `evaluate --map_distance`).
+  columns: dict = dataclasses.field(default_factory=dict)
 
   @property
   def predictions(self) -> np.ndarray:
@@ -213,14 +216,16 @@ def write_predictions_csv(path: str, predictions: Predictions,
                           class_names) -> None:
   """id, label, prediction, the other metadata, one probability per class
   (as the ISIC submission format has them), then, with a fitted
-  temperature, one calibrated probability per class (`calibrated_<class>`)."""
+  temperature, one calibrated probability per class (`calibrated_<class>`),
+  then `predictions.columns`."""
   extra = [k for k in predictions.metadata if k != 'index']
   calibrated = predictions.calibrated_probabilities
   buffer = io.StringIO(newline='')  # epath's open() takes no newline=
   writer = csv.writer(buffer)
   writer.writerow(['id', 'label', 'prediction'] + extra + list(class_names)
                   + ([f'calibrated_{n}' for n in class_names]
-                     if calibrated is not None else []))
+                     if calibrated is not None else [])
+                  + list(predictions.columns))
   ids = predictions.ids
   for i in range(len(predictions.labels)):
     writer.writerow(
@@ -229,7 +234,8 @@ def write_predictions_csv(path: str, predictions: Predictions,
         + [predictions.metadata[k][i] for k in extra]
         + [repr(float(p)) for p in predictions.probabilities[i]]
         + ([repr(float(p)) for p in calibrated[i]]
-           if calibrated is not None else []))
+           if calibrated is not None else [])
+        + [column[i] for column in predictions.columns.values()])
   epath.Path(path).write_text(buffer.getvalue())
 
 

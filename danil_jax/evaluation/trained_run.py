@@ -35,6 +35,7 @@ import numpy as np
 
 from danil_jax import models
 from danil_jax.evaluation import best_checkpoint
+from danil_jax.evaluation import map_distance as map_distance_lib
 from danil_jax.evaluation import metrics as metrics_lib
 from danil_jax.evaluation import scoring as evaluation
 from danil_jax.method import intrinsic_maps
@@ -160,15 +161,28 @@ def _predict_split(run: TrainedRun, split: str):
       num_workers=run.config.input.num_workers, tta=run.tta)
 
 
+def split_maps(run: TrainedRun, split: str) -> dict:
+  """map_distance.per_image of every example of `split`: ||A+ - A-||^2,
+  y-, the top-2 margin, with the run's eval-mode model and weights."""
+  return map_distance_lib.per_image(
+      map_distance_lib.map_step(run.model.apply, run.mesh),
+      {'params': run.state.params, 'batch_stats': run.state.batch_stats},
+      run.builder.as_data_source(split), pre=run.pre,
+      global_batch_size=run.config.input.eval_batch_size, mesh=run.mesh,
+      num_workers=run.config.input.num_workers)
+
+
 def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
-                 weights: str | None = None,
-                 tta: str | None = None) -> tuple[str, dict]:
+                 weights: str | None = None, tta: str | None = None,
+                 map_distance: bool = False) -> tuple[str, dict]:
   """Evaluates, calibrated on the run's validation split if it has one;
   returns the output directory and the metrics.
 
   The output directory is evaluation.output_name's, with `_<weights>` after
   the checkpoint where they are not those the run reports (as the trainer
-  names them).
+  names them). `map_distance`: also each image's ||A+ - A-||^2
+  (evaluation/map_distance.py), summarised in the metrics and per image in
+  predictions.csv.
   """
   run = load(workdir, checkpoint, weights=weights, tta=tta)
   if split not in run.builder.info.splits:
@@ -181,6 +195,12 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
                  weights=run.weights,
                  **evaluation.report(predictions, run.class_names,
                                      run.config.eval))
+  if map_distance:
+    images = split_maps(run, split)
+    metrics[map_distance_lib.KEY] = map_distance_lib.summary(images)
+    predictions = dataclasses.replace(
+        predictions, columns=map_distance_lib.columns(images,
+                                                      run.class_names))
   model = checkpoint
   if run.weights != ema.default_weights(run.config):
     model += f'_{run.weights}'
@@ -198,6 +218,8 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
         f'{weights_note}):\n'
         + metrics_lib.format_report(metrics, run.class_names,
                                     run.config.eval.headline))
+  if map_distance:
+    print(map_distance_lib.format_summary(metrics[map_distance_lib.KEY]))
   print(f'wrote {outdir}')
   return str(outdir), metrics
 
@@ -298,14 +320,24 @@ def chosen_indices(split_size: int, num: int):
                    .round().astype(int))
 
 
-def compute_maps(run, split: str, num: int) -> dict:
-  """Preprocessed images, labels and the maps of the chosen examples.
+def near_miss_indices(run: TrainedRun, split: str, num: int) -> np.ndarray:
+  """The `num` examples of `split` with the smallest top-2 probability
+  margin under the run's model (map_distance.near_misses' order)."""
+  margin = split_maps(run, split)['margin']
+  return np.argsort(margin, kind='stable')[:num]
+
+
+def compute_maps(run, split: str, num: int, indices=None) -> dict:
+  """Preprocessed images, labels and the maps of the chosen examples:
+  `indices` of the split, or `num` spread evenly over it.
 
   The chosen examples are padded to a multiple of the devices and sharded
   over them (each host preprocesses its slice); every host gets them all.
   """
   source = run.builder.as_data_source(split)
-  indices = chosen_indices(len(source), num)
+  if indices is None:
+    indices = chosen_indices(len(source), num)
+  indices = np.asarray(indices)
   padded = -(-len(indices) // run.mesh.size) * run.mesh.size
   (mine,) = _this_hosts_positions(padded, padded, run.mesh)
   blank = np.zeros((run.pre.size, run.pre.size, 3), np.float32)

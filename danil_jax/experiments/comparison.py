@@ -4,7 +4,10 @@ Per method: the mean and sample standard deviation over seeds of each final
 metric, and the paired difference to the first method on the same seeds with
 its 95% confidence interval, p-value and the smallest difference the seeds
 could detect (danil_jax.experiments.paired_stats); DANIL's gradient ratio as
-logged.
+logged; with the map distance scored (`compare --map_distance`), DANIL's
+mechanism beside them: the log10 median of ||A+ - A-||^2 over the test
+images, the misclassified ones and the near misses
+(danil_jax.evaluation.map_distance), paired like the metrics.
 `plot_sweep` draws them against a swept config value (danil_jax.compare).
 
 The `control` method is DANIL's step with lam = 0: the gradient of Base up to
@@ -15,6 +18,7 @@ rounding and the chaos of training produce without any method.
 
 import numpy as np
 
+from danil_jax.evaluation import map_distance
 from danil_jax.experiments import paired_stats
 from danil_jax.experiments import paper_numbers
 
@@ -22,6 +26,10 @@ METRICS = ('macro_f1', 'accuracy')
 # Summarised like METRICS where every seed's run has them (ece_calibrated and
 # brier only with a validation split; danil_jax/evaluation/calibration.py).
 CALIBRATION = ('ece', 'ece_calibrated', 'brier')
+# Likewise, where every seed's run had its maps scored; paired in the table
+# of differences beside METRICS.
+MAP_DISTANCE = map_distance.SCALARS
+OPTIONAL = CALIBRATION + MAP_DISTANCE
 # Read from each DANIL run's metrics.jsonl: whether the term acts at all.
 DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')
 # Config sections only one method reads.
@@ -58,8 +66,8 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
   summary = {}
   for method in methods:
     entry = dict(seeds=sorted(results[method]))
-    for metric in METRICS + CALIBRATION:
-      if metric in CALIBRATION and not all(
+    for metric in METRICS + OPTIONAL:
+      if metric in OPTIONAL and not all(
           results[method][s].get(metric) is not None for s in entry['seeds']):
         continue
       values = np.array([results[method][s][metric] for s in entry['seeds']])
@@ -106,21 +114,8 @@ def format_summary(summary: dict) -> str:
     cells.append(f"{entry[ratio]['mean']:>10.3g}" if ratio in entry
                  else f"{'-':>10}")
     lines.append(f"{method:<8} {len(entry['seeds']):>5}  " + '  '.join(cells))
-  calibration = [m for m in CALIBRATION if any(m in summary[n] for n in methods)]
-  if calibration:
-    lines.append(f"{'':<8} {'':>5}  " + '  '.join(f'{m:>34}'
-                                                  for m in calibration))
-    for method in methods:
-      cells = []
-      for metric in calibration:
-        value = summary[method].get(metric)
-        cell = '-' if value is None else (
-            f"{value['mean']:.4f} +- {value['sd']:.4f}")
-        paired = (value or {}).get(f'minus_{methods[0]}')
-        if paired and paired['sd'] is not None:
-          cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
-        cells.append(f'{cell:>34}')
-      lines.append(f"{method:<8} {'':>5}  " + '  '.join(cells))
+  for group in (CALIBRATION, MAP_DISTANCE):
+    lines += _optional_lines(summary, group)
   lines.append(f'mean +- sample sd over seeds; (+x +- s): mean and sample sd '
                f'of the paired difference to {methods[0]} on the same seeds; '
                'grad ratio: '
@@ -136,32 +131,61 @@ def format_summary(summary: dict) -> str:
   return '\n'.join(lines)
 
 
+def _optional_lines(summary: dict, group) -> list[str]:
+  """The rows of the `group` metrics some method has, as in the table."""
+  methods = list(summary)
+  present = [m for m in group if any(m in summary[n] for n in methods)]
+  lines = []
+  if present:
+    lines.append(f"{'':<8} {'':>5}  " + '  '.join(f'{m:>34}'
+                                                  for m in present))
+    for method in methods:
+      cells = []
+      for metric in present:
+        value = summary[method].get(metric)
+        cell = '-' if value is None else (
+            f"{value['mean']:.4f} +- {value['sd']:.4f}")
+        paired = (value or {}).get(f'minus_{methods[0]}')
+        if paired and paired['sd'] is not None:
+          cell += f" ({paired['mean']:+.4f} +- {paired['sd']:.4f})"
+        cells.append(f'{cell:>34}')
+      lines.append(f"{method:<8} {'':>5}  " + '  '.join(cells))
+  return lines
+
+
 def difference_rows(summary: dict, pm: str = '±') -> list[list[str]]:
   """[method, metric, *paired_stats.HEADERS] per method but the reference
-  and metric with a paired difference."""
+  and metric (METRICS, then MAP_DISTANCE where scored) with a paired
+  difference."""
   reference = next(iter(summary))
   rows = []
   for method, entry in summary.items():
-    for metric in METRICS:
-      stat = entry[metric].get(f'minus_{reference}')
+    for metric in METRICS + MAP_DISTANCE:
+      stat = entry.get(metric, {}).get(f'minus_{reference}')
       if stat:
         rows.append([method, metric] + paired_stats.cells(stat, pm))
   return rows
 
 
 def noise_floor(summary: dict) -> str | None:
-  """A sentence on the control's difference to the reference, if both ran."""
+  """A sentence on the control's difference to the reference, if both ran:
+  in METRICS[0], then in the map distance where it was scored."""
   reference = next(iter(summary))
   if reference == CONTROL or CONTROL not in summary:
     return None
-  stat = summary[CONTROL][METRICS[0]].get(f'minus_{reference}')
-  if not stat or stat['detectable'] is None:
+  sentences = []
+  for metric in (METRICS[0], MAP_DISTANCE[0]):
+    stat = summary[CONTROL].get(metric, {}).get(f'minus_{reference}')
+    if not stat or stat['detectable'] is None:
+      continue
+    sentences.append(
+        f'{metric} sd {stat["sd"]:.4f} over {stat["n"]} pairs (a difference '
+        f'below {stat["detectable"]:.4f} would likely be missed)')
+  if not sentences:
     return None
   return (f'Noise floor: {CONTROL} (DANIL with lam = 0, the gradient of '
           f"{reference} up to rounding) differs from {reference} by "
-          f"{METRICS[0]} sd {stat['sd']:.4f} over {stat['n']} pairs; at that "
-          f"spread a difference below {stat['detectable']:.4f} would "
-          'likely be missed.')
+          + '; by '.join(sentences) + '.')
 
 
 def _text_table(header, rows) -> str:
@@ -209,7 +233,7 @@ def to_markdown(summaries: list[tuple[tuple, dict]], title: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _sweep_series(summaries: list[tuple[tuple, dict]], sweep):
+def sweep_series(summaries: list[tuple[tuple, dict]], sweep):
   """(x key, {value text: x position}, whether x is numeric,
   {(method, other keys' texts): {x value text: summary entry}}).
 
@@ -251,7 +275,7 @@ def plot_sweep(summaries: list[tuple[tuple, dict]], sweep, path: str) -> str:
   matplotlib.use('Agg')  # no display on servers and CI
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  x_key, positions, numeric, series = _sweep_series(summaries, sweep)
+  x_key, positions, numeric, series = sweep_series(summaries, sweep)
   values = list(positions.values())
   log_x = numeric and min(values) > 0 and max(values) / min(values) >= 100
   span = (max(values) - min(values)) or abs(values[0]) or 1.0

@@ -217,6 +217,70 @@ def test_response_maps_png_and_maps_equal_reference_gradients(demo_run,
                                rtol=1e-4, atol=1e-7)
 
 
+def test_evaluate_map_distance_summarises_its_per_image_column(demo_run):
+  """`evaluate --map_distance`: the metrics.json block is the median and
+  quartiles of the predictions.csv column over all, misclassified and
+  near-miss rows (computed here from the csv), y- the top wrong class.
+  Without TTA, so the csv's predictions are those of the maps' forward pass
+  (tests/evaluation/test_map_distance.py checks the distances themselves)."""
+  workdir, _ = demo_run
+  result = _command('evaluate', f'--workdir={workdir}', '--checkpoint=best',
+                    '--tta=none', '--map_distance')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '||A+ - A-||^2, y- the top wrong class' in result.stdout
+  outdir = os.path.join(workdir, 'eval', 'test_best')
+  block = json.load(open(os.path.join(outdir, 'metrics.json')))[
+      'map_distance']
+  rows = _read_csv(os.path.join(outdir, 'predictions.csv'))
+  names = ['round', 'ringed', 'oval', 'speckled']
+  distance = np.array([float(r['map_distance']) for r in rows])
+  probabilities = np.array([[float(r[n]) for n in names] for r in rows])
+  top2 = np.sort(probabilities, axis=1)[:, -2:]
+  near = np.argsort(top2[:, 1] - top2[:, 0], kind='stable')[:80]
+  wrong = np.array([r['label'] != r['prediction'] for r in rows])
+  assert 0 < wrong.sum() < 800
+  for group, values in (('all', distance), ('misclassified', distance[wrong]),
+                        ('near_miss', distance[near])):
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    assert block[group] == dict(
+        median=pytest.approx(median, rel=1e-6), q1=pytest.approx(q1, rel=1e-6),
+        q3=pytest.approx(q3, rel=1e-6), count=len(values)), group
+  for row in rows:
+    others = [n for n in names if n != row['label']]
+    top_wrong = max(others, key=lambda n: float(row[n]))
+    assert row['y_minus'] == top_wrong
+
+
+def test_response_maps_of_near_misses_beside_another_run(demo_run,
+                                                         tmp_path):
+  """--near_misses: the images of smallest top-2 margin, here from the
+  model's logits image by image; --beside: a second run's maps of them (the
+  same run here, so the same maps)."""
+  workdir, _ = demo_run
+  out = tmp_path / 'near.png'
+  result = _command('response_maps', f'--workdir={workdir}', '--num=3',
+                    '--near_misses', f'--beside={workdir}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert out.read_bytes()[:4] == b'\x89PNG'
+  maps, beside = np.load(tmp_path / 'near.npz'), np.load(
+      tmp_path / 'near_beside.npz')
+  run = trained_run.load(workdir, 'last')
+  source = run.builder.as_data_source('test')
+  images = np.stack([augment.eval_transform(
+      source[i]['image'], size=32, mean=run.pre.mean, std=run.pre.std)
+                     for i in range(len(source))])
+  logits = np.asarray(run.model.apply(
+      {'params': run.state.params, 'batch_stats': run.state.batch_stats},
+      images, train=False), np.float64)
+  p = np.sort(np.exp(logits - logits.max(1, keepdims=True)), axis=1)
+  p /= p.sum(1, keepdims=True)
+  margin = p[:, -1] - p[:, -2]
+  assert sorted(margin[maps['indices']]) == pytest.approx(
+      sorted(margin)[:3], abs=1e-6)
+  np.testing.assert_array_equal(beside['indices'], maps['indices'])
+  np.testing.assert_allclose(beside['distance'], maps['distance'], rtol=1e-6)
+
+
 def test_tensorboard_has_the_runs_scalars(demo_run):
   from tensorboard.backend.event_processing import event_accumulator
   workdir, _ = demo_run

@@ -76,6 +76,28 @@ def test_calibration_columns_where_every_seed_has_them():
   assert 'ece_calibrated' not in table and 'brier' in table
 
 
+def test_map_distance_is_paired_where_every_seed_has_it():
+  results = {
+      'base': {0: dict(macro_f1=0.5, accuracy=0.6, log10_map_distance=-2.0),
+               1: dict(macro_f1=0.7, accuracy=0.8, log10_map_distance=-3.0,
+                       log10_map_distance_misclassified=-1.0)},
+      'danil': {0: dict(macro_f1=0.5, accuracy=0.6, log10_map_distance=-1.5),
+                1: dict(macro_f1=0.7, accuracy=0.8, log10_map_distance=-2.0)},
+  }
+  summary = comparison.summarize(results)
+  stat = summary['danil']['log10_map_distance']['minus_base']
+  assert stat['mean'] == pytest.approx(0.75)  # differences 0.5 and 1.0
+  assert stat['sd'] == pytest.approx(np.sqrt(2 * 0.25 ** 2))
+  assert 'log10_map_distance_misclassified' not in summary['base']
+  rows = comparison.difference_rows(summary)
+  assert [row[:3] for row in rows] == [
+      ['danil', 'macro_f1', '2'], ['danil', 'accuracy', '2'],
+      ['danil', 'log10_map_distance', '2']]
+  assert rows[2][3] == '+0.7500 ± 0.3536'
+  table = comparison.format_summary(summary)
+  assert '-1.7500 +- 0.3536 (+0.7500 +- 0.3536)' in table
+
+
 def test_command_trains_each_seed_and_summarises_their_final_metrics(
     tmp_path):
   """Base and the control (DANIL with lam = 0) on two seeds, one step each:
@@ -86,7 +108,7 @@ def test_command_trains_each_seed_and_summarises_their_final_metrics(
        f'--workdir={work}', '--methods=base,control', '--seeds=3,4',
        f'--config.dataset.data_dir={tmp_path / "data"}',
        '--config.max_steps=1', '--config.input.global_batch_size=8',
-       '--config.input.eval_batch_size=200'],
+       '--config.input.eval_batch_size=200', '--map_distance'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(work / 'comparison.json'))
@@ -118,7 +140,19 @@ def test_command_trains_each_seed_and_summarises_their_final_metrics(
   console = result.stdout.splitlines()
   header = next(line for line in console if '95% CI' in line)
   assert 'detectable' in header and 'reading' in header
-  assert any(line.startswith('control  macro_f1  2') for line in console)
+  cells = [re.split(r'\s{2,}', line)[:3] for line in console]
+  assert ['control', 'macro_f1', '2'] in cells
+  # --map_distance: each run's log10 median ||A+ - A-||^2, as its evaluation
+  # folder has it, paired like the metrics.
+  for method in ('base', 'control'):
+    medians = [json.load(open(
+        work / f'{method}_seed{s}' / 'eval' / 'test_last' / 'metrics.json'))[
+            'map_distance']['all']['median'] for s in (3, 4)]
+    assert summary[method]['log10_map_distance']['values'] == pytest.approx(
+        np.log10(medians).tolist())
+  assert summary['control']['log10_map_distance']['minus_base']['n'] == 2
+  assert '| control | log10_map_distance | 2 |' in markdown
+  assert ['control', 'log10_map_distance', '2'] in cells
 
 
 def _config():
@@ -268,3 +302,53 @@ def test_control_trains_danil_with_lam_0_whatever_the_sweep(tmp_path):
   saved.danil.lam = 1e-5  # a DANIL run is not the control
   (tmp_path / 'config.json').write_text(saved.to_json_best_effort())
   assert compare.finished_report(str(tmp_path), settings) is None
+
+
+def test_noise_floor_names_the_map_distance_where_scored():
+  def run(f1, distance=None):
+    out = dict(macro_f1=f1, accuracy=f1)
+    if distance is not None:
+      out['log10_map_distance'] = distance
+    return out
+
+  results = dict(base={0: run(0.5, -2.0), 1: run(0.7, -3.0)},
+                 control={0: run(0.52, -1.9), 1: run(0.71, -3.0)})
+  floor = comparison.noise_floor(comparison.summarize(results))
+  assert floor.startswith('Noise floor: control')
+  assert 'macro_f1 sd 0.0071 over 2 pairs' in floor
+  assert 'by log10_map_distance sd 0.0707 over 2 pairs' in floor
+  results = dict(base={0: run(0.5), 1: run(0.7)},
+                 control={0: run(0.52), 1: run(0.71)})
+  assert 'log10_map_distance' not in comparison.noise_floor(
+      comparison.summarize(results))
+
+
+def test_map_scalars_read_from_an_evaluation_of_the_same_step(tmp_path,
+                                                              monkeypatch):
+  from danil_jax.evaluation import trained_run
+  config = ml_collections.ConfigDict(dict(
+      dataset=dict(eval_split='test'), eval=dict(tta='flips')))
+  block = {group: dict(median=10.0 ** exponent, q1=0.0, q3=0.0, count=1)
+           for group, exponent in (('all', -2), ('misclassified', -1),
+                                   ('near_miss', 0))}
+  folder = tmp_path / 'eval' / 'test_last_flips'
+  folder.mkdir(parents=True)
+  (folder / 'metrics.json').write_text(json.dumps(dict(step=7,
+                                                       map_distance=block)))
+  calls = []
+
+  def evaluate_run(workdir, split, checkpoint, map_distance):
+    calls.append((workdir, split, checkpoint, map_distance))
+    return '', dict(step=8, map_distance=dict(block, all=dict(
+        median=1000.0, q1=0.0, q3=0.0, count=1)))
+
+  monkeypatch.setattr(trained_run, 'evaluate_run', evaluate_run)
+  assert compare.map_scalars(str(tmp_path), config, dict(step=7)) == {
+      'log10_map_distance': pytest.approx(-2),
+      'log10_map_distance_misclassified': pytest.approx(-1),
+      'log10_map_distance_near_miss': pytest.approx(0)}
+  assert not calls
+  # A retrained run (another step): scored again.
+  scalars = compare.map_scalars(str(tmp_path), config, dict(step=8))
+  assert calls == [(str(tmp_path), 'test', 'last', True)]
+  assert scalars['log10_map_distance'] == pytest.approx(3)
