@@ -121,7 +121,7 @@ def main() -> None:
   flags.FLAGS.mark_as_parsed()
 
   if args.dataset:
-    import data_prep
+    from danil_jax import data_prep
     source = data_prep.get_builder(
         args.dataset, data_dir=args.data_dir,
         config=args.config).as_data_source('train')

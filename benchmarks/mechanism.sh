@@ -34,7 +34,7 @@ sweep="danil.reduction=batch;danil.lam=$lams"
 cd "$(dirname "$0")/.."
 
 # Built once here, so parallel runs do not build it at the same time.
-python -c "import data_prep; data_prep.prepare('danil_demo', data_dir='$data')"
+python -c "from danil_jax import data_prep; data_prep.prepare('danil_demo', data_dir='$data')"
 overrides=()
 for o in "$@"; do overrides+=("--override=$o"); done
 python benchmarks/parallel_runs.py --config=$config --workdir="$work" \

@@ -1,4 +1,4 @@
-"""Build speed and memory of a folder data set (data_prep/own).
+"""Build speed and memory of a folder data set (danil_jax/data_prep/own).
 
   python -m benchmarks.own_data_build --root=/tmp/bench_folder \
       --data_dir=/tmp/bench_data [--images=20000] [--size=512] [--workers=0]
@@ -94,8 +94,8 @@ def main() -> None:
   if args.make_only:
     return
 
-  import data_prep  # pylint: disable=g-import-not-at-top
-  from configs import folder  # pylint: disable=g-import-not-at-top
+  from danil_jax import data_prep  # pylint: disable=g-import-not-at-top
+  from danil_jax.configs import folder  # pylint: disable=g-import-not-at-top
   config = folder.get_config()
   config.dataset.manual_dir = args.root
   config.dataset.data_dir = args.data_dir

@@ -64,7 +64,7 @@ class _LabelledSource:
 
 
 def _demo_source(tmp):
-  import data_prep  # pylint: disable=g-import-not-at-top
+  from danil_jax import data_prep  # pylint: disable=g-import-not-at-top
   builder = data_prep.prepare('danil_demo', data_dir=tmp)
   return builder.as_data_source('train'), 32, len(
       builder.info.features['label'].names)

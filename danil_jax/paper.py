@@ -34,7 +34,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from configs import default
+from danil_jax.configs import default
 from danil_jax.experiments import comparison
 from danil_jax.experiments import paper_grid
 from danil_jax.experiments import paper_numbers as pn
@@ -116,8 +116,8 @@ def missing_pretrained(pretrained_root: str, backbones) -> list[str]:
 
 def missing_data(runs: list[paper_grid.Run]) -> list[str]:
   """The archives each unbuilt data set still needs, one message each."""
-  import data_prep  # pylint: disable=g-import-not-at-top
-  from data_prep import common  # pylint: disable=g-import-not-at-top
+  from danil_jax import data_prep  # pylint: disable=g-import-not-at-top
+  from danil_jax.data_prep import common  # pylint: disable=g-import-not-at-top
   problems, seen = [], set()
   for run in runs:
     d = run.config.dataset

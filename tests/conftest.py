@@ -47,7 +47,7 @@ def _shared(tmp_path_factory, name, make):
 @pytest.fixture(scope='session')
 def demo_data_dir(tmp_path_factory):
   """The demo data set, built once for every multi-process test."""
-  import data_prep  # pylint: disable=g-import-not-at-top
+  from danil_jax import data_prep  # pylint: disable=g-import-not-at-top
   return _shared(tmp_path_factory, 'demo_data',
                  lambda path: data_prep.prepare('danil_demo',
                                                 data_dir=str(path)))

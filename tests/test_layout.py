@@ -19,8 +19,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'danil_jax')
 
 # Bottom to top; a module may import its own layer and those before it.
-LAYERS = ('method', 'models', 'runtime', 'evaluation', 'trainer',
-          'experiments')
+# configs and data_prep import nothing of danil_jax but themselves (below).
+LAYERS = ('configs', 'data_prep', 'method', 'models', 'runtime', 'evaluation',
+          'trainer', 'experiments')
 COMMANDS = ('main', 'evaluate', 'predict', 'response_maps', 'compare',
             'paper', 'convert', 'plots')
 TOP_LEVEL = set(COMMANDS) | {'__init__', 'losses'}
@@ -113,16 +114,26 @@ def test_no_import_cycles():
   assert not cycles, '\n'.join(' -> '.join(c) for c in cycles)
 
 
-def test_data_prep_and_configs_do_not_import_danil_jax():
+def test_data_prep_and_configs_import_nothing_else_of_danil_jax():
   offenders = []
-  for top in ('data_prep', 'configs'):
-    for root, _, names in os.walk(os.path.join(REPO, top)):
-      for name in names:
-        if name.endswith('.py'):
-          text = open(os.path.join(root, name)).read()
-          if re.search(r'^\s*(from|import) danil_jax', text, re.M):
-            offenders.append(os.path.join(root, name))
-  assert not offenders
+  for name, path in _modules():
+    top = name.split('.')[1] if '.' in name else None
+    if top in ('data_prep', 'configs'):
+      offenders += [f'{name} imports {m}' for m in _imports(name, path)
+                    if m.split('.')[:2] != ['danil_jax', top]]
+  assert not offenders, offenders
+
+
+def test_the_wheel_installs_danil_jax_alone():
+  """No generic top-level names (configs, data_prep) beside danil_jax:
+  the package list and the old commands' folder at the root, which is not
+  installed."""
+  tomllib = pytest.importorskip('tomllib')
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    find = tomllib.load(f)['tool']['setuptools']['packages']['find']
+  assert find['include'] == ['danil_jax*'], find
+  assert os.path.realpath(os.path.join(REPO, 'configs')) == os.path.join(
+      PACKAGE, 'configs')
 
 
 def test_only_the_commands_and_the_public_loss_sit_at_the_top():
@@ -141,6 +152,15 @@ def test_each_subpackage_says_what_it_holds_and_may_import(layer):
   assert docstring and 'May import' in docstring, init
 
 
+@pytest.mark.parametrize('old', ['data_prep.build', 'data_prep.make_dummy_data'])
+def test_the_data_commands_old_names_still_run_from_the_repository_root(old):
+  result = subprocess.run([sys.executable, '-m', old, '--help'], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert f'is now `python -m danil_jax.{old}`' in result.stderr
+  assert 'usage' in result.stdout
+
+
 def test_the_public_loss_import():
   from danil_jax import losses  # pylint: disable=g-import-not-at-top
   from danil_jax.losses import danil_loss  # pylint: disable=g-import-not-at-top
@@ -154,7 +174,7 @@ def test_the_public_loss_import():
 def test_the_loss_defaults_to_the_trainers_reading():
   """So that the paper's lam acts alike in `danil_loss(...)` and in a run."""
   import inspect  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from danil_jax.configs import default  # pylint: disable=g-import-not-at-top
   from danil_jax import losses  # pylint: disable=g-import-not-at-top
   from danil_jax.method import misclassified_only  # pylint: disable=g-import-not-at-top
   trainer = default.get_config().danil.reduction
@@ -167,19 +187,21 @@ def test_the_loss_defaults_to_the_trainers_reading():
 
 def _documented_commands() -> set[str]:
   text = ''
-  for doc in ('README.md', os.path.join('data_prep', 'README.md'),
+  for doc in ('README.md', os.path.join('danil_jax', 'data_prep',
+                                        'README.md'),
               os.path.join('benchmarks', 'README.md')):
     path = os.path.join(REPO, doc)
     if os.path.exists(path):
       text += open(path).read()
-  return set(re.findall(r'python -m ((?:danil_jax|data_prep)\.[a-z_]+)', text))
+  return set(re.findall(r'python -m (danil_jax(?:\.[a-z_]+)+)', text))
 
 
 def test_the_readme_documents_the_commands_tested_here():
   documented = _documented_commands()
   assert {f'danil_jax.{c}' for c in COMMANDS} <= documented
   assert documented <= {f'danil_jax.{c}' for c in COMMANDS} | {
-      'data_prep.build', 'data_prep.make_dummy_data'}, documented
+      'danil_jax.data_prep.build', 'danil_jax.data_prep.make_dummy_data'
+  }, documented
 
 
 def test_every_documented_command_answers_help():

@@ -2,7 +2,7 @@
 
 Needs the Kaggle competition zip in `dataset.manual_dir` (run without it for
 instructions); the dataset is built on first use, or beforehand with
-  python -m data_prep.build aptos2019 --manual_dir=~/danil_data/aptos2019
+  python -m danil_jax.data_prep.build aptos2019 --manual_dir=~/danil_data/aptos2019
 
 python -m danil_jax.main --config=configs/aptos2019.py --workdir=/tmp/aptos2019
 
@@ -11,7 +11,7 @@ epoch on test. --config.dataset.train_split=train instead selects the best
 epoch on validation and reports test with the best and the last model.
 """
 
-from configs import default
+from danil_jax.configs import default
 
 
 def get_config():

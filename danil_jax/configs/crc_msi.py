@@ -2,7 +2,7 @@
 
 Needs the four zenodo zips in `dataset.manual_dir` (run without them for the
 list); the dataset is built on first use, or beforehand with
-  python -m data_prep.build crc_msi --manual_dir=~/danil_data/crc_msi
+  python -m danil_jax.data_prep.build crc_msi --manual_dir=~/danil_data/crc_msi
 
 python -m danil_jax.main --config=configs/crc_msi.py --workdir=/tmp/crc_msi
 
@@ -11,7 +11,7 @@ epoch on test. --config.dataset.train_split=train instead selects the best
 epoch on validation and reports test with the best and the last model.
 """
 
-from configs import default
+from danil_jax.configs import default
 
 
 def get_config():

@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (label ids); () = sorted (numerically where all are numbers).
   config.dataset.csv = ''
   config.dataset.class_names = ()
-  # How a folder or CSV is read, split and stored (data_prep/own):
+  # How a folder or CSV is read, split and stored (danil_jax/data_prep/own):
   # *_column: the table's column names (group: patient/lesion/slide; a
   # group or split column absent under its default name is no error).
   # group_regex: the group from each path (first capture group) where there

@@ -5,7 +5,7 @@ builds the data (seconds), trains a small ResNet with DANIL and evaluates it,
 in a few minutes on a laptop CPU.
 """
 
-from configs import default
+from danil_jax.configs import default
 
 
 def get_config():

@@ -13,7 +13,7 @@ epochs the control's paired sd falls from 0.030 to 0.007 and 3 seeds detect
 (macro-F1 0.975).
 """
 
-from configs import demo
+from danil_jax.configs import demo
 
 
 def get_config():

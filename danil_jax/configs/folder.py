@@ -14,7 +14,7 @@ the last model. Set --config.model.pretrained to a converted ImageNet
 checkpoint (python -m danil_jax.convert) to fine-tune as the paper does.
 """
 
-from configs import default
+from danil_jax.configs import default
 
 
 def get_config():

@@ -2,7 +2,7 @@
 
 Needs the archives from Harvard Dataverse in `dataset.manual_dir` (run without
 them for the list); the dataset is built on first use, or beforehand with
-  python -m data_prep.build ham10000 --manual_dir=~/danil_data/ham10000
+  python -m danil_jax.data_prep.build ham10000 --manual_dir=~/danil_data/ham10000
 
 python -m danil_jax.main --config=configs/ham10000.py --workdir=/tmp/ham10000
 
@@ -11,7 +11,7 @@ epoch on test. --config.dataset.train_split=train instead selects the best
 epoch on validation and reports test with the best and the last model.
 """
 
-from configs import default
+from danil_jax.configs import default
 
 
 def get_config():

@@ -6,7 +6,10 @@ Every builder yields examples with at least
 and writes array_record files read through `tfds.data_source` / grain.
 `open_dataset(config.dataset)` is what the trainer and the commands call:
 it serves both the builders below and a user's own folder or CSV
-(`name='folder'`, data_prep/own).
+(`name='folder'`, danil_jax/data_prep/own).
+
+May import: TFDS, grain's array_record, etils, numpy, PIL (pydicom for
+DICOM); nothing else of danil_jax, so that a builder can be read alone.
 """
 
 import importlib
@@ -15,20 +18,20 @@ import os
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_prep import common
-from data_prep.own import dataset as own_dataset
+from danil_jax.data_prep import common
+from danil_jax.data_prep.own import dataset as own_dataset
 
 # name -> 'module:ClassName'. Imported lazily: a builder module registers a
 # TFDS name on import and may pull in heavy dependencies.
 BUILDERS = {
-    'danil_demo': 'data_prep.demo.builder:DanilDemo',
-    'ham10000': 'data_prep.ham10000.builder:Ham10000',
-    'aptos2019': 'data_prep.aptos2019.builder:Aptos2019',
-    'crc_msi': 'data_prep.crc_msi.builder:CrcMsi',
+    'danil_demo': 'danil_jax.data_prep.demo.builder:DanilDemo',
+    'ham10000': 'danil_jax.data_prep.ham10000.builder:Ham10000',
+    'aptos2019': 'danil_jax.data_prep.aptos2019.builder:Aptos2019',
+    'crc_msi': 'danil_jax.data_prep.crc_msi.builder:CrcMsi',
 }
 
 
-# config.dataset.name of a user's own folder or CSV (data_prep/own).
+# config.dataset.name of a user's own folder or CSV (danil_jax/data_prep/own).
 FOLDER = 'folder'
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
-from data_prep import common
+from danil_jax.data_prep import common
 
 # Images decoded ahead of the writer.
 _CHUNK = 256

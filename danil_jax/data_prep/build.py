@@ -1,6 +1,6 @@
 """Builds a dataset from its manually downloaded archives (no TensorFlow).
 
-  python -m data_prep.build ham10000 --manual_dir=~/danil_data/ham10000 \
+  python -m danil_jax.data_prep.build ham10000 --manual_dir=~/danil_data/ham10000 \
       --data_dir=~/tensorflow_datasets [--config=random] [--overwrite]
 
 The `tfds build` CLI needs TensorFlow; this does the same for our builders,
@@ -19,13 +19,13 @@ import time
 
 import tensorflow_datasets as tfds
 
-import data_prep
-from data_prep import common
+from danil_jax import data_prep
+from danil_jax.data_prep import common
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog='python -m data_prep.build', description=__doc__.split('\n')[0])
+      prog='python -m danil_jax.data_prep.build', description=__doc__.split('\n')[0])
   parser.add_argument('name', choices=sorted(data_prep.BUILDERS),
                       help='dataset to build')
   parser.add_argument('--manual_dir', default=None,

@@ -1,11 +1,11 @@
-"""Writes the tiny fixtures in data_prep/<name>/dummy_data/.
+"""Writes the tiny fixtures in danil_jax/data_prep/<name>/dummy_data/.
 
 Each fixture mimics the real download's layout (archive names, folders
 inside the zips, CSV columns, file naming) with a few small images, so the
 builders' tests exercise the same code paths as a real build.
 
-  python -m data_prep.make_dummy_data            # rewrites all three
-  python -m data_prep.make_dummy_data crc_msi    # just one
+  python -m danil_jax.data_prep.make_dummy_data            # rewrites all three
+  python -m danil_jax.data_prep.make_dummy_data crc_msi    # just one
 
 The tests derive the unzipped layouts from these zips.
 """
@@ -53,7 +53,7 @@ def _fresh_dir(path: str) -> str:
 
 def make_ham10000(out: str) -> None:
   """Dataverse layout: two image zips and a tab-separated metadata table."""
-  from data_prep.ham10000.builder import CLASSES
+  from danil_jax.data_prep.ham10000.builder import CLASSES
   rng = np.random.default_rng(10015)
   _fresh_dir(out)
   rows, parts, image_no, lesion_no = [], ({}, {}), 24306, 0
@@ -131,9 +131,9 @@ MAKERS = {'ham10000': make_ham10000, 'aptos2019': make_aptos2019,
 
 def main(argv: list[str]) -> None:
   parser = argparse.ArgumentParser(
-      prog='python -m data_prep.make_dummy_data',
+      prog='python -m danil_jax.data_prep.make_dummy_data',
       description='Rewrites the committed test fixtures in '
-      'data_prep/<name>/dummy_data/ (all three without a name).')
+      'danil_jax/data_prep/<name>/dummy_data/ (all three without a name).')
   # Checked here, not with choices=: argparse rejects an empty list there.
   parser.add_argument('names', nargs='*', metavar='name',
                       help=', '.join(sorted(MAKERS)))

@@ -8,7 +8,7 @@ import os
 import shutil
 import zipfile
 
-import data_prep
+from danil_jax import data_prep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

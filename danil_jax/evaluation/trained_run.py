@@ -47,8 +47,8 @@ from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
 from danil_jax.runtime import steps
 from danil_jax.runtime import tta as tta_lib
-import data_prep
-from data_prep.own import images as own_images
+from danil_jax import data_prep
+from danil_jax.data_prep.own import images as own_images
 
 
 @dataclasses.dataclass
@@ -73,7 +73,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
     raise ValueError(f'{path} does not exist: is {workdir} a run directory '
                      '(python -m danil_jax.main --workdir=...)?')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from danil_jax.configs import default  # pylint: disable=g-import-not-at-top
   for key in ('eval', 'distributed_init'):  # a run from before they existed
     if key not in config:
       config[key] = default.get_config()[key]
@@ -242,7 +242,7 @@ def image_paths(pattern: str) -> list[str]:
 def read_image(path: str, dataset=None):
   """uint8 HxWx3 RGB, or raises ValueError naming the file.
 
-  Read as a folder data set's build reads it (data_prep/own/images.py:
+  Read as a folder data set's build reads it (danil_jax/data_prep/own/images.py:
   16-bit, DICOM windows, grayscale), with `dataset`'s (config.dataset)
   rescale and DICOM window where it has them.
   """

@@ -24,6 +24,7 @@ JAX is imported lazily, so the commands' `--help` answers at once.
 import contextlib
 import difflib
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -34,10 +35,11 @@ from ml_collections import config_flags
 # The parser of DEFINE_config_file's flags (not exported by config_flags).
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from configs import default
+from danil_jax.configs import default
 
 HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull',
               '--helpxml')
+SHIPPED_CONFIGS = os.path.dirname(default.__file__)
 USAGE_ERROR = 2  # exit status of a command line that cannot run, as argparse
 # Warnings the libraries log on every command that tell the user nothing:
 # (the module that logs it, the start of its message).
@@ -96,7 +98,38 @@ def format_config(config: ml_collections.ConfigDict) -> str:
   return '\n'.join(f'{key} = {value!r}' for key, value in _leaves(config))
 
 
+def shipped_config(path: str) -> str:
+  """The file a --config value names: `path` where it exists, else the
+  package's config for `NAME`, `NAME.py` or `configs/NAME.py`, so that the
+  documented `--config=configs/crc_msi.py` works from any directory."""
+  file, colon, arg = path.partition(':')  # config_flags' `file.py:arg`
+  name = file.removesuffix('.py')
+  if os.path.exists(file) or os.path.dirname(name) not in ('', 'configs'):
+    return path
+  shipped = os.path.join(SHIPPED_CONFIGS, os.path.basename(name) + '.py')
+  return shipped + colon + arg if os.path.isfile(shipped) else path
+
+
+def _shipped_config_names() -> str:
+  return ', '.join(sorted(n[:-3] for n in os.listdir(SHIPPED_CONFIGS)
+                          if n.endswith('.py') and n != '__init__.py'))
+
+
+def _with_shipped_configs(argv: list[str]) -> list[str]:
+  """argv with each --config value resolved by `shipped_config`, written
+  `--config=VALUE` (the form the error messages below read)."""
+  out, rest = argv[:1], iter(argv[1:])
+  for arg in rest:
+    if arg in ('--config', '-config'):
+      arg = f'{arg}={next(rest, "")}'
+    prefix = next((p for p in ('--config=', '-config=') if
+                   arg.startswith(p)), None)
+    out.append(prefix + shipped_config(arg[len(prefix):]) if prefix else arg)
+  return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+  argv = _with_shipped_configs(argv)
   wants_help = any(a.split('=')[0] in HELP_FLAGS for a in argv[1:])
   try:
     rest = flags.FLAGS(argv)
@@ -113,12 +146,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except OSError as e:
       # Its last line names the cause ([Errno 2] No such file ..., or the
       # exception get_config raised).
-      _usage_error(f'--config={flag.config_filename}: '
-                   f'{str(e).strip().splitlines()[-1].strip()}')
+      cause = str(e).strip().splitlines()[-1].strip()
+      if not os.path.exists(flag.config_filename.partition(':')[0]):
+        cause += f' (shipped configs: {_shipped_config_names()})'
+      _usage_error(f'--config={flag.config_filename}: {cause}')
   if 'print_config' in flags.FLAGS and flags.FLAGS.print_config:
     if flag is None or flag.value is None:
       _usage_error('--print_config needs --config=FILE')
-    print(format_config(flag.value))
+    try:
+      print(format_config(flag.value), flush=True)
+    except BrokenPipeError:  # `--print_config | head`: the reader has enough
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)
   return rest
 
@@ -248,7 +286,7 @@ def errors_exit():
   from danil_jax.runtime import faults
   from danil_jax.runtime import host_failures
   from danil_jax.runtime import run_config
-  from data_prep import common
+  from danil_jax.data_prep import common
 
   # pylint: enable=g-import-not-at-top
   with host_failures.end_every_host():

@@ -14,8 +14,8 @@ from danil_jax import models
 from danil_jax.method import losses
 from danil_jax.runtime import steps
 from danil_jax.runtime import tta
-import data_prep
-from data_prep.own import dataset as own_dataset
+from danil_jax import data_prep
+from danil_jax.data_prep.own import dataset as own_dataset
 
 # Smallest input side each backbone accepts: below it a feature map becomes
 # empty (Inception-v4's unpadded stem and reductions; VGG's five 2x2 pools

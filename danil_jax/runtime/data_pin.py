@@ -1,6 +1,6 @@
 """The data a run trained on, pinned in its workdir: `WORKDIR/data.json`.
 
-A folder or CSV data set (data_prep/own) is rebuilt when its source
+A folder or CSV data set (danil_jax/data_prep/own) is rebuilt when its source
 changes, and its splits may move with it: a run that trained on the old
 build would then resume, or be evaluated, on other splits, its test split
 perhaps holding images it trained on, and nothing would show it. So the
@@ -18,7 +18,7 @@ import json
 from absl import logging
 from etils import epath
 
-from data_prep import common
+from danil_jax.data_prep import common
 
 DATA_FILE = 'data.json'
 

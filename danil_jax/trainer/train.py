@@ -31,7 +31,7 @@ from danil_jax.runtime import run_config
 from danil_jax.runtime import run_log
 from danil_jax.runtime import steps
 from danil_jax.trainer import train_loop
-import data_prep
+from danil_jax import data_prep
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

@@ -1,11 +1,11 @@
-"""python -m data_prep.build: builds, reuses, rebuilds, reports bad input."""
+"""python -m danil_jax.data_prep.build: builds, reuses, rebuilds, reports bad input."""
 
 import os
 import subprocess
 import sys
 
-from data_prep import build
-from data_prep import testing
+from danil_jax.data_prep import build
+from danil_jax.data_prep import testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 
@@ -46,7 +46,7 @@ def test_missing_archives_exit_1_with_instructions(tmp_path, capsys):
 def test_runs_as_a_module(tmp_path):
   """The documented command line, in a fresh interpreter."""
   result = subprocess.run(
-      [sys.executable, '-m', 'data_prep.build', 'crc_msi',
+      [sys.executable, '-m', 'danil_jax.data_prep.build', 'crc_msi',
        f'--manual_dir={tmp_path / "missing"}', f'--data_dir={tmp_path}'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1

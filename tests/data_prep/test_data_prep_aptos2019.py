@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_prep import common
-from data_prep import testing
+from danil_jax.data_prep import common
+from danil_jax.data_prep import testing
 
 NAME = 'aptos2019'
 ZIP = 'aptos2019-blindness-detection.zip'

@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from data_prep import common
-from data_prep import testing
+from danil_jax.data_prep import common
+from danil_jax.data_prep import testing
 
 NAME = 'crc_msi'
 SIZES = {'train': 21, 'validation': 3, 'test': 12}

@@ -7,10 +7,10 @@ import zipfile
 import numpy as np
 import pytest
 
-import data_prep
-from data_prep import common
-from data_prep import testing
-from data_prep.ham10000 import builder as ham
+from danil_jax import data_prep
+from danil_jax.data_prep import common
+from danil_jax.data_prep import testing
+from danil_jax.data_prep.ham10000 import builder as ham
 
 NAME = 'ham10000'
 FIELDS = ('image_id', 'lesion_id', 'label', 'age', 'dataset', 'image')

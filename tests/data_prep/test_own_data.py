@@ -1,4 +1,4 @@
-"""A user's folder or CSV as a data set (data_prep/own): layouts, splits,
+"""A user's folder or CSV as a data set (danil_jax/data_prep/own): layouts, splits,
 leakage, a changed source, every bad input, formats, worker processes."""
 
 import csv
@@ -10,15 +10,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-import data_prep
-from configs import folder
-from data_prep import testing
-from data_prep.own import builder as builder_lib
-from data_prep.own import dataset as own
-from data_prep.own import fixtures
-from data_prep.own import images
-from data_prep.own import sources
-from data_prep.own import splits as splits_lib
+from danil_jax import data_prep
+from danil_jax.configs import folder
+from danil_jax.data_prep import testing
+from danil_jax.data_prep.own import builder as builder_lib
+from danil_jax.data_prep.own import dataset as own
+from danil_jax.data_prep.own import fixtures
+from danil_jax.data_prep.own import images
+from danil_jax.data_prep.own import sources
+from danil_jax.data_prep.own import splits as splits_lib
 
 FIELDS = ('filename', 'label', 'group', 'image')
 

@@ -1,4 +1,4 @@
-"""data_prep/own/images.py: every supported file to uint8 RGB, checked
+"""danil_jax/data_prep/own/images.py: every supported file to uint8 RGB, checked
 against values computed here by hand (16-bit scaling, the DICOM window
 formula, MONOCHROME1), on generated files and pydicom's own CT and MR files.
 """
@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_prep.own import fixtures
-from data_prep.own import images
+from danil_jax.data_prep.own import fixtures
+from danil_jax.data_prep.own import images
 
 GRAY16 = np.array([[1000, 5000, 3000], [2000, 1000, 4000]], np.uint16)
 

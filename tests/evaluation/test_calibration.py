@@ -137,7 +137,7 @@ def _predictions(labels, logits):
 
 
 def test_report_keys_with_and_without_a_validation_split():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from danil_jax.configs import default  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(4)
   labels = rng.integers(0, 4, 300)
   logits = rng.normal(0, 3, (300, 4))

@@ -15,12 +15,12 @@ import optax
 from PIL import Image
 import pytest
 
-from configs import crc_msi
-from configs import demo
+from danil_jax.configs import crc_msi
+from danil_jax.configs import demo
 from danil_jax.evaluation import trained_run
 from danil_jax.runtime import augment
 from danil_jax.trainer import train
-from data_prep import testing
+from danil_jax.data_prep import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 

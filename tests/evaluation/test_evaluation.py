@@ -9,7 +9,7 @@ import optax
 import pytest
 from sklearn import metrics as skm
 
-from configs import default
+from danil_jax.configs import default
 from danil_jax.evaluation import best_checkpoint
 from danil_jax.evaluation import scoring as evaluation
 from danil_jax.method import intrinsic_maps
@@ -18,7 +18,7 @@ from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
 from danil_jax.runtime import run_log
 from danil_jax.runtime import steps
-import data_prep
+from danil_jax import data_prep
 
 
 class _Linear(nn.Module):

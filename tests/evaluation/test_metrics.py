@@ -175,7 +175,7 @@ def test_patient_with_mixed_labels_is_an_error():
 
 
 def _eval_config(**kw):
-  from configs import default
+  from danil_jax.configs import default
   config = default.get_config().eval
   config.update(kw)
   return config
@@ -197,10 +197,10 @@ def test_benchmark_report_follows_the_config():
 
 
 def test_dataset_configs_name_headline_metrics_the_report_has():
-  from configs import aptos2019
-  from configs import crc_msi
-  from configs import demo
-  from configs import ham10000
+  from danil_jax.configs import aptos2019
+  from danil_jax.configs import crc_msi
+  from danil_jax.configs import demo
+  from danil_jax.configs import ham10000
   keys = set(metrics.classification_report(
       np.array([0, 1]), np.eye(2), ['x', 'y'])) | {
           'loss', 'quadratic_kappa', 'patient_auroc',

@@ -11,11 +11,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import folder
+from danil_jax.configs import folder
 from danil_jax.evaluation import trained_run
 from danil_jax.trainer import train
-from data_prep.own import dataset as own_dataset
-from data_prep.own import fixtures
+from danil_jax.data_prep.own import dataset as own_dataset
+from danil_jax.data_prep.own import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -15,8 +15,8 @@ import pytest
 from danil_jax.experiments import paper_grid
 from danil_jax.experiments import paper_numbers as pn
 from danil_jax.experiments import paper_tables
-import data_prep
-from data_prep import testing
+from danil_jax import data_prep
+from danil_jax.data_prep import testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import demo
+from danil_jax.configs import demo
 from danil_jax.method import misclassified_only
 from danil_jax.runtime import config_checks
 from danil_jax.runtime import run_config

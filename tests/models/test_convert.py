@@ -163,7 +163,7 @@ def test_merge_rejects_any_other_mismatch(resnet_state):
 def test_trainer_fine_tunes_from_a_converted_checkpoint(tmp_path, monkeypatch,
                                                         resnet_state):
   """--config.model.pretrained=DIR: 1000-class weights, 4-class demo task."""
-  from configs import demo  # pylint: disable=g-import-not-at-top
+  from danil_jax.configs import demo  # pylint: disable=g-import-not-at-top
   from danil_jax.trainer import train  # pylint: disable=g-import-not-at-top
   checkpoint = str(tmp_path / 'resnet50.pth')
   torch.save(resnet_state, checkpoint)

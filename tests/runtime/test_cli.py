@@ -15,7 +15,7 @@ import sys
 from absl import flags
 import pytest
 
-from configs import default
+from danil_jax.configs import default
 from danil_jax.runtime import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -44,6 +44,15 @@ CASES = {
 }
 
 
+def _wait(procs):
+  """{name: (status, stdout, stderr)} of subprocesses started together."""
+  results = {}
+  for name, proc in procs.items():
+    out, err = proc.communicate(timeout=300)
+    results[name] = (proc.returncode, out, err)
+  return results
+
+
 @pytest.fixture(scope='module')
 def finished():
   """{case: (status, stdout, stderr)}, the commands run side by side."""
@@ -56,11 +65,7 @@ def finished():
       [sys.executable, *DEMO, '--print_config',
        '--config.optim.learning_rate=0.5'], cwd=REPO, env=env,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  results = {}
-  for name, proc in procs.items():
-    out, err = proc.communicate(timeout=300)
-    results[name] = (proc.returncode, out, err)
-  return results
+  return _wait(procs)
 
 
 @pytest.mark.parametrize('case', sorted(CASES))
@@ -80,7 +85,53 @@ def test_print_config_prints_every_key_with_the_overrides(finished):
   every_key = {key for key, _ in cli._leaves(default.get_config())}
   assert every_key <= keys, sorted(every_key - keys)
   assert 'optim.learning_rate = 0.5' in lines
-  assert 'dataset.image_size = 32' in lines  # configs/demo.py's, not default
+  assert 'dataset.image_size = 32' in lines  # danil_jax/configs/demo.py's, not default
+
+
+# From a directory without configs/: the package's configs by name.
+ELSEWHERE = {
+    'configs/NAME.py': (('--config=configs/crc_msi.py',), "'crc_msi'"),
+    'NAME, space-separated': (('--config', 'ham10000'), "'ham10000'"),
+}
+
+
+@pytest.fixture(scope='module')
+def elsewhere(tmp_path_factory):
+  cwd = tmp_path_factory.mktemp('elsewhere')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  procs = {name: subprocess.Popen(
+      [sys.executable, '-m', 'danil_jax.main', *args, '--print_config'],
+      cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for name, (args, _) in ELSEWHERE.items()}
+  procs['missing'] = subprocess.Popen(
+      [sys.executable, '-m', 'danil_jax.main', '--config=configs/nope.py',
+       '--print_config'], cwd=cwd, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  # A reader that leaves at once: the writer's broken pipe is no traceback.
+  procs['closed pipe'] = subprocess.Popen(
+      f'"{sys.executable}" -m danil_jax.main --config=demo --print_config '
+      '| true; exit ${PIPESTATUS[0]}', shell=True, executable='/bin/bash',
+      cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  return _wait(procs)
+
+
+@pytest.mark.parametrize('case', sorted(ELSEWHERE))
+def test_the_shipped_configs_are_found_from_any_directory(elsewhere, case):
+  status, stdout, stderr = elsewhere[case]
+  assert status == 0, stderr
+  assert f'dataset.name = {ELSEWHERE[case][1]}' in stdout.splitlines()
+
+
+def test_a_missing_config_lists_the_shipped_ones(elsewhere):
+  status, _, stderr = elsewhere['missing']
+  assert status == 2 and len(stderr.strip().splitlines()) <= 5, stderr
+  assert 'No such file' in stderr and 'crc_msi, default, demo' in stderr
+
+
+def test_print_config_into_a_closed_pipe(elsewhere):
+  status, _, stderr = elsewhere['closed pipe']
+  assert status == 0 and 'Traceback' not in stderr, stderr
 
 
 def _record(path: str, message: str) -> logging.LogRecord:

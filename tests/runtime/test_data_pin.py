@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from configs import folder
+from danil_jax.configs import folder
 from danil_jax.runtime import data_pin
-import data_prep
-from data_prep.own import fixtures
+from danil_jax import data_prep
+from danil_jax.data_prep.own import fixtures
 
 
 def _dataset(tmp_path):

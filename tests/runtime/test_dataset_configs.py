@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-import data_prep
-from data_prep import common
-from data_prep import testing
+from danil_jax import data_prep
+from danil_jax.data_prep import common
+from danil_jax.data_prep import testing
 
 NAMES = ['ham10000', 'aptos2019', 'crc_msi']
 

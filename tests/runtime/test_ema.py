@@ -22,7 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import demo
+from danil_jax.configs import demo
 from danil_jax import models
 from danil_jax.evaluation import trained_run
 from danil_jax.models import layers
@@ -32,7 +32,7 @@ from danil_jax.runtime import config_checks
 from danil_jax.runtime import ema
 from danil_jax.runtime import steps
 from danil_jax.trainer import train
-import data_prep
+from danil_jax import data_prep
 from tests.runtime import test_faults
 
 if not flags.FLAGS.is_parsed():  # grain reads absl flags

@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import demo
+from danil_jax.configs import demo
 from danil_jax import models
 from danil_jax.runtime import config_checks
 from danil_jax.runtime import faults

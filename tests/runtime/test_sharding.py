@@ -72,7 +72,7 @@ def test_batch_sizes_that_do_not_split_over_devices_are_named(tmp_path):
              XLA_FLAGS='--xla_force_host_platform_device_count=4')
   script = textwrap.dedent(f'''
       import pytest
-      from configs import demo
+      from danil_jax.configs import demo
       from danil_jax.trainer import train
       config = demo.get_config()
       config.dataset.data_dir = {str(tmp_path / 'data')!r}

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import portpicker
 import pytest
 
-from configs import default
+from danil_jax.configs import default
 from danil_jax.runtime import multihost
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -306,7 +306,7 @@ def test_bucket_workdirs_are_not_taken_for_local_paths(tmp_path, monkeypatch):
 def test_a_folder_data_set_is_built_by_process_0_alone(tmp_path):
   """configs/folder.py on two hosts: process 0 scans and builds, process 1
   waits, then both open the same build and train."""
-  from data_prep.own import fixtures  # pylint: disable=g-import-not-at-top
+  from danil_jax.data_prep.own import fixtures  # pylint: disable=g-import-not-at-top
   fixtures.make_folder(str(tmp_path / 'images'), patients=6, per_patient=2)
   argv = [sys.executable, '-m', 'danil_jax.main', '--config=configs/folder.py',
           f'--workdir={tmp_path / "work"}',

@@ -29,7 +29,7 @@ import optax
 import plain_jax_models
 import pytest
 
-from configs import demo
+from danil_jax.configs import demo
 from danil_jax import models
 from danil_jax.models import layers
 from danil_jax.runtime import steps

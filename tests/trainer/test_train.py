@@ -12,10 +12,10 @@ from absl import flags
 import numpy as np
 import pytest
 
-from configs import demo
+from danil_jax.configs import demo
 from danil_jax.runtime import input_pipeline
 from danil_jax.trainer import train
-import data_prep
+from danil_jax import data_prep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 

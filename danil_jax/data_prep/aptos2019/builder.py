@@ -14,8 +14,8 @@ import zipfile
 
 import tensorflow_datasets as tfds
 
-from data_prep import base
-from data_prep import common
+from danil_jax.data_prep import base
+from danil_jax.data_prep import common
 
 CLASSES = ['no_dr', 'mild', 'moderate', 'severe', 'proliferative_dr']
 COLUMNS = ['id_code', 'diagnosis']

@@ -14,8 +14,8 @@ import re
 
 import tensorflow_datasets as tfds
 
-from data_prep import base
-from data_prep import common
+from danil_jax.data_prep import base
+from danil_jax.data_prep import common
 
 CLASSES = ['MSIMUT', 'MSS']
 SPLITS = {'train': 'TRAIN', 'test': 'TEST'}

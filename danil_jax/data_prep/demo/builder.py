@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data_prep.demo import generate
+from danil_jax.data_prep.demo import generate
 
 IMAGE_SIZE = 32
 SPLIT_SIZES = {'train': 2400, 'test': 800}

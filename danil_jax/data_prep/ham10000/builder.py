@@ -13,8 +13,8 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_prep import base
-from data_prep import common
+from danil_jax.data_prep import base
+from danil_jax.data_prep import common
 
 CLASSES = ['akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc']
 COLUMNS = ['lesion_id', 'image_id', 'dx', 'dx_type', 'age', 'sex',

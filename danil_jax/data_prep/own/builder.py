@@ -32,10 +32,10 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 import tqdm
 
-from data_prep import common
-from data_prep.own import images
-from data_prep.own import sources
-from data_prep.own import splits as splits_lib
+from danil_jax.data_prep import common
+from danil_jax.data_prep.own import images
+from danil_jax.data_prep.own import sources
+from danil_jax.data_prep.own import splits as splits_lib
 
 MANIFEST = 'source.json'
 SPLITS_CSV = 'splits.csv'
@@ -106,7 +106,7 @@ class Folder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     label = (tfds.features.ClassLabel(names=self._source.class_names)
              if self._source else tfds.features.ClassLabel())
     return self.dataset_info_from_configs(
-        description='Images of a folder or CSV (data_prep/own).',
+        description='Images of a folder or CSV (danil_jax/data_prep/own).',
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3)),
             'label': label,

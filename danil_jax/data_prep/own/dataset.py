@@ -22,10 +22,10 @@ import re
 from etils import epath
 import tensorflow_datasets as tfds
 
-from data_prep import common
-from data_prep.own import builder as builder_lib
-from data_prep.own import images
-from data_prep.own import sources
+from danil_jax.data_prep import common
+from danil_jax.data_prep.own import builder as builder_lib
+from danil_jax.data_prep.own import images
+from danil_jax.data_prep.own import sources
 
 ON_CHANGE = ('rebuild', 'refuse')
 
@@ -129,7 +129,7 @@ def absolute_paths(dataset) -> None:
 def _builder(options: Options, source: sources.Source | None):
   config = builder_lib.FolderConfig(
       name=options.config_name(),
-      description=f'{options.source} (data_prep/own)',
+      description=f'{options.source} (danil_jax/data_prep/own)',
       options=json.dumps({**options.build, 'workers': options.workers}))
   return builder_lib.Folder(config=config, data_dir=options.data_dir,
                             file_format='array_record', source=source)

@@ -1,4 +1,4 @@
-"""Generated folders, tables and image files for the tests of data_prep/own.
+"""Generated folders, tables and image files for the tests of danil_jax/data_prep/own.
 
 Every image of `make_folder` differs (a seeded pattern), so a test can tell
 which file an example came from by its pixels, and the class shows in the

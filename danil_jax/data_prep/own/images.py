@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data_prep import common
+from danil_jax.data_prep import common
 
 # Extensions read as images in a folder (lower case); other files are not
 # images of the data set. Files without an extension are DICOM if they carry

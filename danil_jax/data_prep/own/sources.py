@@ -27,8 +27,8 @@ import os
 import re
 from typing import Sequence
 
-from data_prep import common
-from data_prep.own import images
+from danil_jax.data_prep import common
+from danil_jax.data_prep.own import images
 
 SPLITS = ('train', 'validation', 'test')
 SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'validation':

@@ -25,8 +25,8 @@ import io
 from etils import epath
 import numpy as np
 
-from data_prep import common
-from data_prep.own import sources
+from danil_jax.data_prep import common
+from danil_jax.data_prep.own import sources
 
 
 class GroupLeakage(common.DataError):
