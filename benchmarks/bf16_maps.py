@@ -26,7 +26,7 @@ per-image maps of the eval-mode forward with the running statistics),
 against the same maps of the float32 model (y- of the float32 train-mode
 forward): `mode, map_dtype=compute`, the bf16 model's maps; and `mode,
 map_dtype=float32`, the maps through the float32 copy of the bf16 model
-that `steps.train_step(map_dtype='float32')` takes, with y- from the bf16
+that the train step with `map_dtype='float32'` takes, with y- from the bf16
 train-mode forward as in that step (so `same` counts the images whose bf16
 y- equals the float32 one; on those the map is the float32 one).
 """
@@ -48,7 +48,7 @@ import optax
 from danil_jax.method import losses
 from danil_jax.method import misclassified_only
 from danil_jax import models
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 from danil_jax.models import layers
 
 
@@ -100,11 +100,11 @@ def maps_and_ld(model, variables, images, labels):
 def mode_maps_and_ld(model, variables, images, labels, map_dtype):
   """As `maps_and_ld`, in the misclassified-only mode: y- from `model`'s
   train-mode forward, maps from `steps`' eval-mode map forward."""
-  state = steps.create_train_state(model, variables, optax.sgd(0.0),
+  state = train_step.create_train_state(model, variables, optax.sgd(0.0),
                                    jax.random.PRNGKey(0))
   pred = jnp.argmax(model.apply(variables, images, train=True,
                                 mutable=['batch_stats'])[0], -1)
-  logits_fn = steps._eval_logits_fn(state, map_dtype)  # the step's maps
+  logits_fn = train_step._eval_logits_fn(state, map_dtype)  # the step's maps
   params = variables['params']
   logits, vjp = jax.vjp(lambda x: logits_fn(params, x), images)
   k = logits.shape[-1]

@@ -45,7 +45,7 @@ from danil_jax.evaluation import best_checkpoint
 from danil_jax.runtime import input_pipeline
 from danil_jax.method import losses
 from danil_jax.method import misclassified_only
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 from danil_jax.evaluation import trained_run
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run (small_resnet, '
@@ -137,10 +137,10 @@ def measure(state, batch, *, lam: float, eps: float) -> dict:
     return losses.cross_entropy_loss(logits, labels), logits
 
   (_, train_logits), g_ce = jax.value_and_grad(ce, has_aux=True)(params)
-  pred = jnp.argmax(train_logits, -1)  # y- (Eq. 4), as steps.py takes it
+  pred = jnp.argmax(train_logits, -1)  # y- (Eq. 4), as the train step takes it
   zero_stats_logits, stats = batch_statistics(state, params, x)
   logits_fns = dict(
-      running=steps._eval_logits_fn(state),  # pylint: disable=protected-access
+      running=train_step._eval_logits_fn(state),  # pylint: disable=protected-access
       batch=lambda p, z: state.apply_fn({'params': p, 'batch_stats': stats},
                                         z, train=False))
   batch_logits = logits_fns['batch'](params, x)
@@ -218,8 +218,8 @@ def main(argv):
   worst_check = 0.0
   all_rows = []
   for step in chosen:
-    state = steps.state_from_checkpoint(run.state, best_checkpoint.restore_state(
-        directory, step, steps.state_to_checkpoint(run.state)))
+    state = run.state.replace(**trained_run.restore_weights(
+        directory, step, run.mesh))
     rows = [jax.device_get(measure_jit(state, train_batch.map(step + i)))
             for i in range(_BATCHES.value)]
     worst_check = max([worst_check] + [float(r['check']) for r in rows])

@@ -9,9 +9,9 @@ For each backbone, in one process, after compilation and interleaved rep by
 rep (so load drift hits every variant alike), times:
 
   forward       train-mode forward only
-  plain         `steps.train_step(method='base')` (forward + backward)
-  ohem          `steps.train_step(method='ohem')`
-  danil         `steps.train_step(method='danil')`: one forward, one input
+  plain         `train_step.step_for('base')` (forward + backward)
+  ohem          `train_step.step_for('ohem')`
+  danil         `train_step.step_for('danil')`: one forward, one input
                 VJP for A+ - A- (Eq. 2-4), the outer gradient through it
   danil_2grad   DANIL with A+ and A- from two separate input gradients
                 (Algorithm 1 literally; as `tests/method/test_losses.py`)
@@ -62,7 +62,7 @@ import optax
 from danil_jax.method import losses
 from danil_jax import models
 from danil_jax.method import ops
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 
 # model -> (input size, batch) defaults.
 DEFAULTS = {'small_resnet': (64, 16), 'resnet50': (224, 8), 'vgg11': (224, 8),
@@ -123,23 +123,20 @@ def forward_only(state, batch):
 
 def _step_fns(stock_apply=None, reduction='per_image'):
   # `reduction` (losses.danil_loss's reading) for every DANIL variant.
-  step = functools.partial(steps.train_step, reduction=reduction)
+  danil = functools.partial(train_step.step_for, 'danil', lam=LAM, eps=EPS,
+                            reduction=reduction)
   return {
       'forward': (forward_only, False),
-      'plain': (functools.partial(step, method='base'), True),
-      'ohem': (functools.partial(step, method='ohem'), True),
-      'danil': (functools.partial(step, method='danil', lam=LAM, eps=EPS),
-                True),
+      'plain': (train_step.step_for('base'), True),
+      'ohem': (train_step.step_for('ohem'), True),
+      'danil': (danil(), True),
       'danil_2grad': (functools.partial(two_gradient_step, lam=LAM, eps=EPS),
                       True),
-      'danil_skip': (functools.partial(step, method='danil', lam=LAM,
-                                       eps=EPS, skip_correct=True), True),
-      'danil_mo': (functools.partial(step, method='danil', lam=LAM, eps=EPS,
-                                     misclassified_only=True), True),
+      'danil_skip': (danil(skip_correct=True), True),
+      'danil_mo': (danil(misclassified_only=True), True),
       # The same weights through a model built with conv_rules='stock'.
-      'danil_stock': (lambda s, b: step(
-          s.replace(apply_fn=stock_apply), b, method='danil', lam=LAM,
-          eps=EPS), True),
+      'danil_stock': (lambda s, b: danil()(
+          s.replace(apply_fn=stock_apply), b), True),
   }
 
 
@@ -173,7 +170,7 @@ def setup_jax(name, size, batch_size, num_classes, dtype, torch_model=None,
     variables = model.init(jax.random.PRNGKey(0), images[:1], train=False)
   # lr as a state array, so XLA cannot specialise on its value.
   tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.01, momentum=0.9)
-  state = steps.create_train_state(model, variables, tx,
+  state = train_step.create_train_state(model, variables, tx,
                                    jax.random.PRNGKey(1))
   batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
   # A lambda: a cached trace of forward_only would hide its compile time.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import json
 import os
@@ -30,7 +29,8 @@ import jax.numpy as jnp
 from jax.profiler import ProfileData
 
 from benchmarks import step_cost
-from danil_jax.runtime import steps
+from danil_jax.method import registry
+from danil_jax.trainer import train_step
 
 # Category of a thunk by its HLO instruction name, first match wins.
 CATEGORIES = (
@@ -71,14 +71,15 @@ def main(argv=None):
   parser.add_argument('--model', default='resnet50')
   parser.add_argument('--size', type=int, default=224)
   parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--method', default='base', choices=steps.METHODS)
+  parser.add_argument('--method', default='base', choices=registry.names())
   parser.add_argument('--json', default=None, help='write thunk times here')
   args = parser.parse_args(argv)
   state, batch, _ = step_cost.setup_jax(args.model, args.size, args.batch, 7,
                                         jnp.float32)
-  step = jax.jit(functools.partial(
-      steps.train_step, method=args.method, lam=step_cost.LAM,
-      eps=step_cost.EPS)).lower(state, batch).compile()
+  options = (dict(lam=step_cost.LAM, eps=step_cost.EPS,
+                 reduction='per_image') if args.method == 'danil' else {})
+  step = jax.jit(train_step.step_for(args.method, **options)).lower(
+      state, batch).compile()
   jax.block_until_ready(step(state, batch))
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir):

@@ -26,7 +26,6 @@ synthetic source). The step donates its state, as in `train.py`.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from benchmarks import input_pipeline as pipeline_bench
 from danil_jax.runtime import input_pipeline
 from danil_jax import models
 from danil_jax.runtime import multihost
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 
 LAM, EPS = 1e-5, 1e-4
 
@@ -108,12 +107,14 @@ class Trainer:
     model = models.create(model_name, num_classes, dtype=jnp.dtype(dtype))
     variables = model.init(jax.random.PRNGKey(0),
                            jnp.zeros((1, size, size, 3)), train=False)
-    self.state = steps.create_train_state(
+    self.state = train_step.create_train_state(
         model, variables, optax.sgd(0.01, momentum=0.9),
         jax.random.PRNGKey(1))
-    self.steps = {method: jax.jit(functools.partial(
-        steps.train_step, method=method, lam=LAM, eps=EPS), donate_argnums=0)
-                  for method in ('base', 'danil')}
+    self.steps = {
+        'base': jax.jit(train_step.step_for('base'), donate_argnums=0),
+        'danil': jax.jit(train_step.step_for(
+            'danil', lam=LAM, eps=EPS, reduction='per_image'),
+                         donate_argnums=0)}
 
 
 def measure(source, trainer, *, batch_size, steps_count, workers,

@@ -53,7 +53,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # pylint: disable-next=g-import-not-at-top
   from danil_jax.evaluation import trained_run
-  with trained_run.command_errors_exit(_JOIN.value):
+  with cli.command_errors_exit(_JOIN.value):
     trained_run.evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
                              _WEIGHTS.value, tta=_TTA.value,
                              map_distance=_MAP_DISTANCE.value)

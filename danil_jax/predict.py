@@ -46,7 +46,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from danil_jax.evaluation import trained_run
   from danil_jax.runtime import multihost
-  with trained_run.command_errors_exit(_JOIN.value):
+  with cli.command_errors_exit(_JOIN.value):
     paths = trained_run.image_paths(_IMAGES.value)
     run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value,
                            need_data=False, tta=_TTA.value)

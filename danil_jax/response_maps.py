@@ -52,7 +52,7 @@ def main(argv):
   from danil_jax.evaluation import plots
   from danil_jax.evaluation import trained_run
   from danil_jax.runtime import multihost
-  with trained_run.command_errors_exit(_JOIN.value):
+  with cli.command_errors_exit(_JOIN.value):
     if _NUM.value < 1:
       raise ValueError(f'--num must be at least 1, got {_NUM.value}')
     run = trained_run.load(_WORKDIR.value, _CHECKPOINT.value)

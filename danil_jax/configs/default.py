@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'base' (plain cross-entropy), 'ohem' or 'danil'.
   config.method = 'danil'
   # skip_correct: a batch with nothing misclassified (Ld = 0) costs a plain
-  # step, every other batch one forward more (steps.train_step).
+  # step, every other batch one forward more (trainer/train_step.py).
   # reduction: how Algorithm 1 (one image) reads on a batch, 'per_image' or
   # 'batch' (the batched PyTorch port; danil_jax/method/losses.py). 'batch',
   # because
@@ -176,8 +176,13 @@ def get_config() -> ml_collections.ConfigDict:
   # result (method, data, batch size, optimiser, seed, ...) is refused
   # unless this is True (danil_jax/runtime/run_config.py).
   config.faults.allow_config_change = False
-  # Unused: several processes agree on the step to stop at through JAX's
-  # preemption sync point, which costs nothing per step. Kept so that command
-  # lines and pinned configs that set it still run.
-  config.faults.preemption_sync_every_steps = 10
   return config
+
+
+# Keys that no longer exist, each with what replaced it: a config or command
+# line that sets one is told so in one line.
+REMOVED_KEYS = {
+    'faults.preemption_sync_every_steps': (
+        'every step asks JAX\'s preemption sync point whether to stop, at no '
+        'cost; there is nothing to set'),
+}

@@ -1,7 +1,7 @@
 """Evaluation of a model on a whole split: probabilities, ids and metrics.
 
 Shared by the trainer (every epoch, and the final report) and the
-`evaluate` command. `predict_split` runs `steps.eval_step` over
+`evaluate` command. `predict_split` runs `eval_step` over
 `input_pipeline.eval_batches` (the split in global index order, the last
 batch padded and masked) and keeps, for every example, its float32 softmax
 probabilities with its id and metadata read from the data source by index
@@ -19,6 +19,7 @@ import json
 
 from etils import epath
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -26,7 +27,7 @@ from danil_jax.evaluation import calibration
 from danil_jax.evaluation import metrics as metrics_lib
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
-from danil_jax.runtime import steps
+from danil_jax.runtime import tta as tta_lib
 
 # Text/scalar features kept beside each prediction, when the data set has
 # them; the first present one names the example in predictions.csv.
@@ -87,11 +88,33 @@ def _text(value):
   return value.decode() if isinstance(value, bytes) else value
 
 
+def eval_step(state, batch, tta: str = 'none'):
+  """Float32 softmax probabilities (and their logarithm), predictions and
+  the masked loss sum for one (possibly padded) batch.
+
+  `state` holds apply_fn, params and batch_stats (a train state, or the
+  weights a command restored). With test-time augmentation (runtime.tta)
+  the probabilities are the mean over each image's transformed copies, run
+  as one batch; the loss is then the cross-entropy of that mean.
+  """
+  logits = state.apply_fn(
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      tta_lib.expand(batch['image'], tta), train=False).astype(jnp.float32)
+  probabilities, log_probabilities = tta_lib.average(logits, tta)
+  mask = batch['mask'].astype(jnp.float32)
+  ce = -jnp.take_along_axis(log_probabilities, batch['label'][:, None],
+                            axis=-1)[:, 0]
+  return dict(prediction=jnp.argmax(log_probabilities, -1),
+              label=batch['label'], mask=batch['mask'],
+              ce_sum=jnp.sum(ce * mask), probabilities=probabilities,
+              log_probabilities=log_probabilities)
+
+
 def jit_eval_step(mesh, tta: str = 'none'):
-  """steps.eval_step with test-time augmentation `tta`, jitted over `mesh`."""
-  step = steps.eval_step
+  """eval_step with test-time augmentation `tta`, jitted over `mesh`."""
+  step = eval_step
   if tta != 'none':
-    step = functools.partial(steps.eval_step, tta=tta)
+    step = functools.partial(eval_step, tta=tta)
   return jax.jit(step, in_shardings=(multihost.replicated(mesh),
                                      multihost.data_sharding(mesh)),
                  out_shardings=multihost.replicated(mesh))

@@ -15,7 +15,6 @@ process 0 alone writes and prints. The numbers are those of one process.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import functools
@@ -23,21 +22,19 @@ import glob
 import hashlib
 import json
 import os
-import sys
+from typing import Any, Callable
 
-from absl import flags
-from absl import logging
 from etils import epath
+from flax import struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
-from danil_jax import models
 from danil_jax.evaluation import best_checkpoint
 from danil_jax.evaluation import map_distance as map_distance_lib
 from danil_jax.evaluation import metrics as metrics_lib
-from danil_jax.evaluation import scoring as evaluation
+from danil_jax.evaluation import scoring
 from danil_jax.method import intrinsic_maps
 from danil_jax.runtime import augment
 from danil_jax.runtime import checkpointing
@@ -45,10 +42,20 @@ from danil_jax.runtime import data_pin
 from danil_jax.runtime import ema
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
-from danil_jax.runtime import steps
+from danil_jax.runtime import run_builder
 from danil_jax.runtime import tta as tta_lib
 from danil_jax import data_prep
 from danil_jax.data_prep.own import images as own_images
+
+
+@struct.dataclass
+class ModelState:
+  """A trained model's weights as eval_step and the maps read them; `ema`
+  the weight average where the run keeps one (runtime/ema.py)."""
+  apply_fn: Callable = struct.field(pytree_node=False)
+  params: Any = None
+  batch_stats: Any = None
+  ema: Any = None
 
 
 @dataclasses.dataclass
@@ -59,25 +66,34 @@ class TrainedRun:
   model: object
   pre: input_pipeline.Preprocessing
   mesh: object
-  state: steps.TrainState
+  state: ModelState
   step: int
   checkpoint: str  # 'best', 'last' or the step, as asked
-  eval_step: object  # jitted steps.eval_step over the mesh, with `tta`
+  eval_step: object  # jitted scoring.eval_step over the mesh, with `tta`
   tta: str  # test-time augmentation (danil_jax.runtime.tta)
   weights: str = 'raw'  # in state.params/batch_stats: 'ema' or 'raw'
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json, with the keys a run from an older danil-jax lacks
+  taken from configs/default.py."""
   path = epath.Path(workdir) / 'config.json'
   if not path.exists():
     raise ValueError(f'{path} does not exist: is {workdir} a run directory '
                      '(python -m danil_jax.main --workdir=...)?')
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
   from danil_jax.configs import default  # pylint: disable=g-import-not-at-top
-  for key in ('eval', 'distributed_init'):  # a run from before they existed
-    if key not in config:
-      config[key] = default.get_config()[key]
-  return config
+  return ml_collections.ConfigDict(_with_missing_keys(
+      json.loads(path.read_text()), default.get_config().to_dict()))
+
+
+def _with_missing_keys(saved: dict, defaults: dict) -> dict:
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_missing_keys(merged[key], value)
+  return merged
 
 
 def load(workdir: str, checkpoint: str = 'last', *,
@@ -94,7 +110,7 @@ def load(workdir: str, checkpoint: str = 'last', *,
   """
   workdir = checkpointing.absolute_path(workdir)
   config = read_config(workdir)
-  has_ema = config.optim.get('ema_decay', 0.0) > 0
+  has_ema = config.optim.ema_decay > 0
   weights = weights or ema.default_weights(config)
   if weights not in ema.WEIGHTS:
     raise ValueError(f'--weights must be one of {list(ema.WEIGHTS)}, got '
@@ -104,7 +120,7 @@ def load(workdir: str, checkpoint: str = 'last', *,
                      'EMA (its config.optim.ema_decay is 0); use '
                      '--weights=raw')
   if tta is None:
-    tta = config.eval.get('tta', 'none')  # absent in runs from before it
+    tta = config.eval.tta
   tta_lib.check(tta, '--tta')
   # A run still training may add a checkpoint between two hosts' looks:
   # every host restores the one process 0 found.
@@ -115,49 +131,54 @@ def load(workdir: str, checkpoint: str = 'last', *,
     # rebuilt under the run: the run's data set stays as it trained on it.
     config.dataset.own.on_change = 'refuse'
   if need_data:
-    # As in training: process 0 builds a missing data set, the others wait.
-    with multihost.chief_first(
-        'dataset', config.distributed_init.data_build_timeout_s):
-      builder = data_prep.open_dataset(config.dataset,
-                                       build=multihost.is_chief())
-    data_pin.check(workdir, builder)
-    class_names = list(builder.info.features['label'].names)
+    data = run_builder.open_data(config, build=multihost.is_chief(),
+                                 augment=False)
+    data_pin.check(workdir, data.builder)
+    builder, class_names, pre = data.builder, data.class_names, data.pre
   else:
-    builder = None
+    builder, pre = None, run_builder.preprocessing(config, augment=False)
     class_names = data_pin.class_names(workdir) or list(
         data_prep.dataset_builder(config.dataset).info.features['label'].names)
   mesh = multihost.make_mesh()
-  model_info = models.info(config.model.name)
-  pre = input_pipeline.Preprocessing(
-      size=config.dataset.image_size or model_info.input_size,
-      mean=model_info.mean, std=model_info.std, augment=False)
-  model = models.create(config.model.name, len(class_names),
-                        dtype=jnp.dtype(config.model.dtype))
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  dummy = jnp.zeros((1, pre.size, pre.size, 3), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False),
-                      out_shardings=multihost.replicated(mesh))(init_rng, dummy)
-  # The optimiser only gives the checkpoint's structure; its schedule's
-  # values do not matter here.
-  tx = steps.make_optimizer(config.optim, 1, config.num_epochs)
-  state = multihost.replicate(
-      steps.create_train_state(model, variables, tx, state_rng,
-                               ema=has_ema), mesh)
-  state = ema.select(steps.state_from_checkpoint(
-      state, best_checkpoint.restore_state(
-          directory, step, steps.state_to_checkpoint(state))), weights)
+  model = run_builder.create_model(config, len(class_names))
+  state = ema.select(ModelState(model.apply, **restore_weights(
+      directory, step, mesh)), weights)
   return TrainedRun(config=config, builder=builder, class_names=class_names,
                     model=model, pre=pre, mesh=mesh, state=state, step=step,
                     checkpoint=checkpoint,
-                    eval_step=evaluation.jit_eval_step(mesh, tta), tta=tta,
+                    eval_step=scoring.jit_eval_step(mesh, tta), tta=tta,
                     weights=weights)
 
 
+def restore_weights(directory: str, step: int, mesh) -> dict:
+  """Checkpoint `step`'s params, batch_stats and weight EMA (where it keeps
+  one), replicated over `mesh`; shapes and dtypes from the checkpoint's own
+  metadata, so no model is initialised and no optimiser built.
+  """
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True,
+                                                      create=False),
+      item_handlers=dict(state=ocp.StandardCheckpointHandler()))
+  try:
+    # Every array of the checkpoint, as saved (orbax restores a whole item):
+    # the optimiser state comes along, read and dropped.
+    replicated = multihost.replicated(mesh)
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+        manager.item_metadata(step)['state'])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+  finally:
+    manager.close()
+  return {k: restored[k] for k in ('params', 'batch_stats', ema.KEY)
+          if k in restored}
+
+
 def _predict_split(run: TrainedRun, split: str):
-  return evaluation.predict_split(
+  return scoring.predict_split(
       run.eval_step, run.state, run.builder.as_data_source(split),
       pre=run.pre, global_batch_size=run.config.input.eval_batch_size,
-      mesh=run.mesh, metadata=evaluation.read_metadata(run.builder, split),
+      mesh=run.mesh, metadata=scoring.read_metadata(run.builder, split),
       num_workers=run.config.input.num_workers, tta=run.tta)
 
 
@@ -188,12 +209,12 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
   if split not in run.builder.info.splits:
     raise ValueError(f'--split={split!r}: {run.config.dataset.name} has '
                      f'splits {sorted(run.builder.info.splits)}')
-  predictions = evaluation.predict_calibrated(
+  predictions = scoring.predict_calibrated(
       functools.partial(_predict_split, run), split,
-      evaluation.validation_split(run.config, run.builder.info.splits))
+      scoring.validation_split(run.config, run.builder.info.splits))
   metrics = dict(step=run.step, split=split, model=checkpoint,
                  weights=run.weights,
-                 **evaluation.report(predictions, run.class_names,
+                 **scoring.report(predictions, run.class_names,
                                      run.config.eval))
   if map_distance:
     images = split_maps(run, split)
@@ -205,12 +226,12 @@ def evaluate_run(workdir: str, split: str = 'test', checkpoint: str = 'last',
   if run.weights != ema.default_weights(run.config):
     model += f'_{run.weights}'
   outdir = checkpointing.absolute_path(workdir) / 'eval' / (
-      evaluation.output_name(split, model, run.tta))
+      scoring.output_name(split, model, run.tta))
   if not multihost.is_chief():
     return str(outdir), metrics
   weights_note = (f', {run.weights} weights' if run.state.ema is not None
                   else '')
-  evaluation.write_outputs(
+  scoring.write_outputs(
       outdir, predictions, metrics, run.class_names,
       title=f'{run.config.dataset.name} {split}, {checkpoint} model '
       f'(step {run.step}{weights_note})')
@@ -258,11 +279,10 @@ def read_image(path: str, dataset=None):
 def _this_hosts_positions(num_examples: int, global_batch_size: int,
                           mesh) -> list[list[int]]:
   """Per global batch, the positions (into the examples, padding past the
-  end) that this host reads: its contiguous block of each batch, as in
-  input_pipeline.eval_batches."""
-  per_process = multihost.per_process_batch_size(global_batch_size, mesh)
-  first = jax.process_index() * per_process
-  return [[b * global_batch_size + first + j for j in range(per_process)]
+  end) that this host reads: its rows of each batch (multihost.host_slice),
+  as in input_pipeline.eval_batches."""
+  rows = multihost.host_slice(global_batch_size, mesh)
+  return [[b * global_batch_size + j for j in range(rows.start, rows.stop)]
           for b in range(input_pipeline.num_eval_batches(
               num_examples, global_batch_size))]
 
@@ -365,21 +385,3 @@ def compute_maps(run, split: str, num: int, indices=None) -> dict:
           batch['image'], batch['label']))
   return dict(indices=indices, **{k: np.asarray(v)[:len(indices)]
                                   for k, v in maps.items()})
-
-
-@contextlib.contextmanager
-def command_errors_exit(join=None):
-  """For the commands: quiet logs unless --verbosity was given; joins the
-  hosts if `join` (cli.define_join_flags's value) has distributed=True; a bad
-  flag or missing file ends the command with its message alone (on every
-  host, `cli.errors_exit`)."""
-  from danil_jax.runtime import cli  # pylint: disable=g-import-not-at-top
-  if join is not None:
-    cli.setup(join)
-  elif not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  with cli.errors_exit():
-    try:
-      yield
-    except (ValueError, FileNotFoundError) as e:
-      sys.exit(f'error: {e}')

@@ -55,6 +55,9 @@ from danil_jax.method import losses
 
 # Bucket capacities as fractions of the batch.
 BUCKET_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1)
+# config.danil.map_dtype: the maps' forward in the model's compute dtype, or
+# through a float32 copy of the model.
+MAP_DTYPES = ('compute', 'float32')
 
 
 def capacities(batch_size: int) -> list[int]:

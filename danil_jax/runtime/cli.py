@@ -35,6 +35,7 @@ from ml_collections import config_flags
 # The parser of DEFINE_config_file's flags (not exported by config_flags).
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
+from danil_jax import configs
 from danil_jax.configs import default
 
 HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull',
@@ -182,6 +183,8 @@ def _misspelt_key(argv: list[str], config) -> str | None:
     key = name[len('config.'):]
     if key in keys or any(k.startswith(key + '.') for k in keys):
       continue
+    if key in default.REMOVED_KEYS:
+      return f'--config.{key} no longer exists: {default.REMOVED_KEYS[key]}'
     section = key.rpartition('.')[0]
     candidates = [k for k in keys if k.startswith(section + '.')] or keys
     nearest = max(candidates, key=lambda k: _likeness(key, k))
@@ -282,7 +285,6 @@ def errors_exit():
   # pylint: disable=g-import-not-at-top
   from danil_jax.models import weights
   from danil_jax.runtime import checkpointing
-  from danil_jax.runtime import config_checks
   from danil_jax.runtime import faults
   from danil_jax.runtime import host_failures
   from danil_jax.runtime import run_config
@@ -293,7 +295,7 @@ def errors_exit():
     try:
       yield
     except (common.ManualFilesMissing, common.DataError,
-            config_checks.ConfigError, run_config.ConfigChanged,
+            configs.ConfigError, run_config.ConfigChanged,
             weights.ConversionError, faults.NonFiniteError,
             checkpointing.CheckpointError) as e:
       sys.exit(f'error: {e}')
@@ -319,3 +321,20 @@ def define_config_dict(config: ml_collections.ConfigDict, help_text: str):
                                            lock_config=True)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     _usage_error(_misspelt_key(sys.argv, config) or _one_line(e))
+
+
+@contextlib.contextmanager
+def command_errors_exit(join=None):
+  """For the commands that read a trained run: quiet logs unless
+  --verbosity was given; joins the hosts if `join` (define_join_flags's
+  value) has distributed=True; a bad flag or missing file ends the command
+  with its message alone (on every host, `errors_exit`)."""
+  if join is not None:
+    setup(join)
+  elif not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  with errors_exit():
+    try:
+      yield
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f'error: {e}')

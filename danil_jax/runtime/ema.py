@@ -13,7 +13,7 @@ on, when the weights move fast, the average forgets the initial ones within
 a few steps. d_t reaches d only at t = (10 d - 1) / (1 - d) (d = 0.99: step
 890; 0.999: step 8990), so on a shorter run every d above d_t of its last
 step gives the same average, over about the last (10 + t) / 9 steps. The
-update runs inside the compiled train step (steps.train_step), on arrays
+update runs inside the compiled train step (trainer/train_step.py), on arrays
 sharded like the parameters; a step the non-finite guard refuses leaves the
 average as it was. With d = 0 (the default, the paper's setting) the state
 and its checkpoints hold no average and nothing is computed.

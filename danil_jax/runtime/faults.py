@@ -17,8 +17,9 @@ got the signal and however far apart the signals came. SIGINT reaches that
 notifier as a SIGTERM; a second SIGTERM is JAX's to ignore, so on several
 processes only a second SIGINT (or SIGKILL) cuts the save short.
 
-Non-finite steps: `steps.train_step` never applies an update whose loss,
-gradient norm or result is NaN/Inf and says so in its `nonfinite` metric;
+Non-finite steps: the train step (trainer/train_step.py) never applies an
+update whose loss, gradient norm or result is NaN/Inf and says so in its
+`nonfinite` metric;
 `NonFiniteMonitor` reads that flag (one step late, so the host does not wait
 for each step) and stops the run with `NonFiniteError` after
 config.faults.max_nonfinite_in_a_row such steps in a row.

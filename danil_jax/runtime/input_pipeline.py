@@ -19,10 +19,10 @@ import math
 
 from absl import flags
 import grain
-import jax
 import numpy as np
 
 from danil_jax.runtime import augment
+from danil_jax.runtime import multihost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,17 +35,6 @@ class Preprocessing:
 
 # Each element is a whole batch: a few in flight, not grain's default 500.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
-
-
-def _process_slice(global_batch_size, process_index, process_count):
-  """This process's contiguous slice of a global batch."""
-  if process_index is None:
-    process_index, process_count = jax.process_index(), jax.process_count()
-  if global_batch_size % process_count:
-    raise ValueError(f'global batch size {global_batch_size} is not divisible '
-                     f'by the number of processes {process_count}')
-  per_process = global_batch_size // process_count
-  return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
 @functools.lru_cache(maxsize=2)
@@ -106,7 +95,9 @@ def train_loader(source, *, global_batch_size: int, pre: Preprocessing,
 
   `process_index` and `process_count` default to JAX's.
   """
-  positions = _process_slice(global_batch_size, process_index, process_count)
+  positions = multihost.host_slice(
+      global_batch_size, process_index=process_index,
+      process_count=process_count)
   if len(source) < global_batch_size:
     raise ValueError(f'the training split has {len(source)} examples, fewer '
                      f'than one global batch of {global_batch_size}')
@@ -157,7 +148,9 @@ def eval_batches(source, *, global_batch_size: int, pre: Preprocessing,
   p-th contiguous block of it. Indices past the end are padding (mask False).
   `process_index` and `process_count` default to JAX's.
   """
-  positions = _process_slice(global_batch_size, process_index, process_count)
+  positions = multihost.host_slice(
+      global_batch_size, process_index=process_index,
+      process_count=process_count)
   per_process = positions.stop - positions.start
   num_batches = num_eval_batches(len(source), global_batch_size)
   indices = (np.arange(num_batches)[:, None] * global_batch_size

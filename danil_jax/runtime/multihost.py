@@ -199,13 +199,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """The share of the global batch that this host loads."""
-  if global_batch_size % mesh.size:
+def host_slice(global_batch_size: int, mesh: Mesh | None = None, *,
+               process_index: int | None = None,
+               process_count: int | None = None) -> slice:
+  """The rows of a global batch this host loads: process p of n takes the
+  p-th of n contiguous blocks (the index and count default to JAX's). With
+  `mesh`, the batch must also divide over its devices."""
+  if mesh is not None and global_batch_size % mesh.size:
     raise ValueError(
         f'global batch size {global_batch_size} must be divisible by the '
         f'number of devices {mesh.size}')
-  return global_batch_size // jax.process_count()
+  if process_index is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if global_batch_size % process_count:
+    raise ValueError(f'global batch size {global_batch_size} is not divisible '
+                     f'by the number of processes {process_count}')
+  per_process = global_batch_size // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+def per_process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """The number of rows of the global batch that this host loads."""
+  rows = host_slice(global_batch_size, mesh)
+  return rows.stop - rows.start
 
 
 def global_batch(local_batch, mesh: Mesh):

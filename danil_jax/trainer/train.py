@@ -1,37 +1,79 @@
 """Training and evaluation of Base, OHEM and DANIL, data-parallel over a mesh.
 
-`train_and_evaluate(config, workdir)` runs top to bottom in marked sections:
-setup, data, model and optimiser, compiled steps, resume, the training loop
-with per-epoch evaluation (danil_jax.trainer.train_loop, which also holds the
-parts they share), the final report. Rerunning it with the same workdir
-resumes from the latest checkpoint.
+`train_and_evaluate(config, workdir)` reads top to bottom: set-up (config
+checks, data, model and optimiser, compiled steps), restore, the step loop
+(progress, train records, checkpoints, preemption, the non-finite guard,
+per-epoch evaluation and the best model), the final report. Rerunning it
+with the same workdir resumes from the latest checkpoint.
 """
 
 import contextlib
-import functools
-import json
+import dataclasses
+import time
+from typing import Any
 
 from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from tqdm import tqdm
 
-from danil_jax import models
+from danil_jax import data_prep
 from danil_jax.evaluation import best_checkpoint
 from danil_jax.evaluation import metrics as metrics_lib
-from danil_jax.evaluation import scoring as evaluation
+from danil_jax.evaluation import plots
+from danil_jax.evaluation import scoring
 from danil_jax.runtime import checkpointing
-from danil_jax.runtime import config_checks
 from danil_jax.runtime import data_pin
+from danil_jax.runtime import ema
 from danil_jax.runtime import faults
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
+from danil_jax.runtime import run_builder
 from danil_jax.runtime import run_config
 from danil_jax.runtime import run_log
-from danil_jax.runtime import steps
-from danil_jax.trainer import train_loop
-from danil_jax import data_prep
+from danil_jax.trainer import config_checks
+from danil_jax.trainer import final_report
+from danil_jax.trainer import train_step as train_step_lib
+
+
+@dataclasses.dataclass
+class Run:
+  """What the stages of one run share: set once, read everywhere."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  is_chief: bool
+  mesh: jax.sharding.Mesh
+  data: run_builder.Data
+  train_source: Any  # config.dataset.train_split's data source
+  steps_per_epoch: int
+  total_steps: int
+  # Scoring a split (scoring.Predictions, report): the splits, the metric
+  # the best model is kept by, the weights scored, the compiled eval steps.
+  val_split: str = ''
+  epoch_split: str = ''
+  select_by: str = ''
+  weights: str = 'raw'
+  eval_step: Any = None
+  final_eval_step: Any = None  # with config.eval.tta
+  metadata: dict = dataclasses.field(default_factory=dict)  # per split
+
+
+@dataclasses.dataclass
+class Outputs:
+  """What a run writes into its workdir besides the final report."""
+  manager: Any  # orbax CheckpointManager of the latest checkpoints
+  best_manager: Any  # of the best model by select_by; None without val split
+  log: run_log.MetricsLog
+  tensorboard: run_log.ScalarWriter
+
+  def close(self) -> None:
+    self.tensorboard.close()
+    if self.best_manager is not None:
+      self.best_manager.close()
+    self.manager.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -43,19 +85,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   per config.faults.max_nonfinite_in_a_row.
   """
   with faults.PreemptionGuard() as preemption:
-    return _train_and_evaluate(config, workdir, preemption)
+    # ---------------------------------------------------------------- setup --
+    # Any path etils.epath handles: a local or shared disk, gs://...
+    workdir = checkpointing.absolute_path(workdir)
+    run = _set_up(config, workdir)
+    state = _initial_state(run)
+    replicated, data = (multihost.replicated(run.mesh),
+                        multihost.data_sharding(run.mesh))
+    train_step = jax.jit(train_step_lib.make_train_step(config),
+                         in_shardings=(replicated, data),
+                         out_shardings=(replicated, replicated),
+                         donate_argnums=0)
+    gradient_share = train_step_lib.make_gradient_share(config)
+    if gradient_share is not None:
+      gradient_share = jax.jit(gradient_share, in_shardings=(replicated, data),
+                               out_shardings=replicated)
+
+    # -------------------------------------------------------------- restore --
+    state, outputs = _restore(run, state)
+    # The input position follows from the step: no iterator state to restore.
+    # Closed however the run ends, so grain's worker processes and their
+    # shared memory go with it.
+    with contextlib.closing(iter(input_pipeline.train_loader(
+        run.train_source, global_batch_size=config.input.global_batch_size,
+        pre=run.data.pre, seed=config.seed, start_step=int(state.step),
+        num_workers=config.input.num_workers))) as batches:
+
+      # ------------------------------------------------------ the step loop --
+      state, last_epoch = _train(run, state, batches, train_step,
+                                 gradient_share, outputs, preemption)
+
+    # --------------------------------------------------------------- report --
+    finals, best_value = final_report.evaluate(run, state, last_epoch,
+                                               outputs.best_manager)
+    if run.is_chief:
+      final_report.write(run, finals, best_value, outputs.tensorboard)
+    outputs.close()
+    return finals['last']['report']
 
 
 # ------------------------------------------------------------------ setup --
 
 
-def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
-                   is_chief: bool) -> jax.sharding.Mesh:
-  """Checks the config and pins it to the workdir; returns the device mesh.
+def _set_up(config: ml_collections.ConfigDict, workdir: epath.Path) -> Run:
+  """Checks the config, pins it and the data set to the workdir, opens the
+  data set and the device mesh.
 
-  Fault handling: bad values, damaged weights and a changed config are
-  named before any data is built or model compiled.
+  Bad values, damaged weights, a changed config and a data set that differs
+  between hosts are named before any model is compiled.
   """
+  is_chief = multihost.is_chief()
   config_checks.check(config)
   if config.dataset.name == data_prep.FOLDER:
     data_prep.own_dataset.absolute_paths(config.dataset)
@@ -67,157 +146,56 @@ def _check_and_pin(config: ml_collections.ConfigDict, workdir: epath.Path,
   workdir.mkdir(parents=True, exist_ok=True)
   run_config.pin(config, workdir, write=is_chief)
   mesh = multihost.make_mesh()
-  for key in ('global_batch_size', 'eval_batch_size'):  # validates both
-    try:
-      multihost.per_process_batch_size(config.input[key], mesh)
-    except ValueError as e:
-      raise ValueError(f'config.input.{key}: {e}') from None
+  config_checks.check_batch_sizes(config, mesh)
   logging.info('%d devices over %d processes: %s', jax.device_count(),
                jax.process_count(), jax.devices())
-  return mesh
 
-
-# ------------------------------------------------------------------- data --
-
-
-def _open_data(config: ml_collections.ConfigDict,
-               is_chief: bool) -> train_loop.Data:
-  # One build, many readers: process 0 builds a missing data set while the
-  # others wait; then they open it. Its failure ends every host at once.
-  with multihost.chief_first('dataset',
-                             config.distributed_init.data_build_timeout_s):
-    builder = data_prep.open_dataset(config.dataset, build=is_chief)
-  config_checks.check_splits(config, builder)
-  class_names = list(builder.info.features['label'].names)
-  train_source = builder.as_data_source(config.dataset.train_split)
+  data = run_builder.open_data(config, build=is_chief, augment=True)
+  config_checks.check_splits(config, data.builder)
+  train_source = data.builder.as_data_source(config.dataset.train_split)
   multihost.same_on_every_host(
-      'dataset', [class_names, len(train_source)],
+      'dataset', [data.class_names, len(train_source)],
       'the data set (its classes, the number of training images)')
-  if config.dataset.num_classes not in (0, len(class_names)):
-    raise config_checks.ConfigError(
-        f'config.dataset.num_classes is {config.dataset.num_classes} but '
-        f'{config.dataset.name!r} has {len(class_names)} classes: '
-        f'{class_names} (0 takes them from the data)')
-  model_info = models.info(config.model.name)
-  pre = input_pipeline.Preprocessing(
-      size=config.dataset.image_size or model_info.input_size,
-      mean=model_info.mean, std=model_info.std, augment=config.input.augment)
+  config_checks.check_num_classes(config, data.class_names)
+  data_pin.pin(workdir, data.builder, write=is_chief,
+               allow_change=config.faults.allow_config_change)
   steps_per_epoch = len(train_source) // config.input.global_batch_size
   total_steps = steps_per_epoch * config.num_epochs
   if config.max_steps >= 0:
     total_steps = min(total_steps, config.max_steps)
-  return train_loop.Data(builder, class_names, train_source, pre, model_info,
-                         steps_per_epoch, total_steps)
+  val_split = scoring.validation_split(config, data.builder.info.splits)
+  eval_step = scoring.jit_eval_step(mesh)
+  return Run(
+      config, workdir, is_chief, mesh, data, train_source, steps_per_epoch,
+      total_steps,
+      val_split=val_split,
+      epoch_split=val_split or config.dataset.eval_split,
+      select_by=scoring.select_by(config),
+      weights=ema.default_weights(config), eval_step=eval_step,
+      # The final report's, with test-time augmentation (none per epoch:
+      # model selection stays as cheap as one forward).
+      final_eval_step=(scoring.jit_eval_step(mesh, config.eval.tta)
+                       if config.eval.tta != 'none' else eval_step))
 
 
-def _train_batches(run: train_loop.Run, start_step: int):
-  """An iterator over this process's slices of global batches start_step,
-  start_step + 1, ..."""
-  config = run.config
-  return iter(input_pipeline.train_loader(
-      run.dataset.train_source,
-      global_batch_size=config.input.global_batch_size, pre=run.dataset.pre,
-      seed=config.seed, start_step=start_step,
-      num_workers=config.input.num_workers))
-
-
-# ---------------------------------------------------- model and optimiser --
-
-
-def _initial_state(run: train_loop.Run) -> steps.TrainState:
+def _initial_state(run: Run) -> train_step_lib.TrainState:
   """The model's initial (or pretrained) weights and optimiser, replicated."""
-  config, dataset, mesh = run.config, run.dataset, run.mesh
-  model = models.create(config.model.name, len(dataset.class_names),
-                        dtype=jnp.dtype(config.model.dtype),
-                        conv_rules=config.model.conv_rules)
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  dummy = jnp.zeros((1, dataset.pre.size, dataset.pre.size, 3), jnp.float32)
-  variables = jax.jit(functools.partial(model.init, train=False),
-                      out_shardings=multihost.replicated(mesh))(init_rng, dummy)
-  if config.model.pretrained:
-    from danil_jax.models import weights  # torch-free, but only needed here
-    variables = weights.merge_pretrained(
-        variables, weights.load(config.model.name, config.model.pretrained),
-        head=dataset.model_info.head)
-    # Each host loaded the same file: replicate without comparing copies.
-    variables = multihost.replicate(variables, mesh)
-  tx = steps.make_optimizer(config.optim, dataset.steps_per_epoch,
-                            config.num_epochs)
+  config = run.config
+  model, variables = run_builder.init_model(config, run.data.class_names,
+                                            run.data.pre, run.mesh)
+  state_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+  tx = train_step_lib.make_optimizer(config.optim, run.steps_per_epoch,
+                                     config.num_epochs)
   return multihost.replicate(
-      steps.create_train_state(model, variables, tx, state_rng,
-                               ema=config.optim.ema_decay > 0), mesh)
+      train_step_lib.create_train_state(model, variables, tx, state_rng,
+                                        ema=config.optim.ema_decay > 0),
+      run.mesh)
 
 
-# ------------------------------------------------------- the whole run --
+# ---------------------------------------------------------------- restore --
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        preemption: faults.PreemptionGuard) -> dict:
-  # ---------------------------------------------------------------- setup --
-  # Any path etils.epath handles: a local or shared disk, gs://...
-  workdir = checkpointing.absolute_path(workdir)
-  is_chief = multihost.is_chief()
-  mesh = _check_and_pin(config, workdir, is_chief)
-
-  # ----------------------------------------------------------------- data --
-  run = train_loop.Run(config, workdir, is_chief, mesh,
-                       _open_data(config, is_chief))
-  data_pin.pin(workdir, run.dataset.builder, write=is_chief,
-               allow_change=config.faults.allow_config_change)
-
-  # ----------------------------------------------- model and optimiser --
-  state = _initial_state(run)
-
-  # ------------------------------------------------------- compiled steps --
-  replicated, data = multihost.replicated(mesh), multihost.data_sharding(mesh)
-  loss_kw = dict(lam=config.danil.lam, eps=config.danil.eps,
-                 reduction=config.danil.reduction,
-                 misclassified_only=config.danil.misclassified_only,
-                 map_dtype=config.danil.map_dtype)
-  train_step = jax.jit(
-      functools.partial(steps.train_step, method=config.method,
-                        keep_ratio=config.ohem.keep_ratio,
-                        skip_correct=config.danil.skip_correct,
-                        ema_decay=config.optim.ema_decay, **loss_kw),
-      in_shardings=(replicated, data), out_shardings=(replicated, replicated),
-      donate_argnums=0)
-  gradient_share = jax.jit(
-      functools.partial(steps.distraction_gradient_share, **loss_kw),
-      in_shardings=(replicated, data), out_shardings=replicated)
-  eval_step = evaluation.jit_eval_step(mesh)
-  # The final report's, with test-time augmentation (none per epoch: model
-  # selection stays as cheap as one forward).
-  final_eval_step = (evaluation.jit_eval_step(mesh, config.eval.tta)
-                     if config.eval.tta != 'none' else eval_step)
-
-  # ----------------------------------------------------------- evaluation --
-  evaluate = train_loop.Evaluation(run, eval_step, final_eval_step)
-
-  # --------------------------------------------------------------- resume --
-  state, outputs = _resume(run, state, evaluate)
-  # The input position follows from the step: no iterator state to restore.
-  # Closed however the run ends, so grain's worker processes and their shared
-  # memory go with it.
-  with contextlib.closing(_train_batches(run, int(state.step))) as train_iter:
-
-    # -------------------------------------------------- train and evaluate --
-    loop = train_loop.TrainingLoop(run, train_step, gradient_share, evaluate,
-                                   outputs, preemption)
-    state, step, last_epoch = loop.run(state, train_iter)
-
-  # ---------------------------------------------------------------- report --
-  finals, best_value = _final_evaluations(run, state, step, last_epoch,
-                                          evaluate, outputs)
-  if is_chief:
-    _write_final_report(run, step, finals, best_value, evaluate, outputs)
-  outputs.close()
-  return finals['last'].report
-
-
-# ----------------------------------------------------------------- resume --
-
-
-def _resume(run: train_loop.Run, state, evaluate: train_loop.Evaluation):
+def _restore(run: Run, state):
   """(state at the latest checkpoint, or as given; the run's outputs), the
   logs cut back to that step."""
   config, workdir = run.config, run.workdir
@@ -227,103 +205,164 @@ def _resume(run: train_loop.Run, state, evaluate: train_loop.Evaluation):
       'checkpoint', manager.latest_step(),
       'the latest checkpoint step in WORKDIR/checkpoints')
   restored = checkpointing.restore_latest(
-      manager, steps.state_to_checkpoint(state))
+      manager, train_step_lib.state_to_checkpoint(state))
   if restored is not None:
-    state = steps.state_from_checkpoint(state, restored)
+    state = train_step_lib.state_from_checkpoint(state, restored)
   start_step = int(state.step)
   log = run_log.MetricsLog(workdir, enabled=run.is_chief)
   log.truncate_after(start_step)
   tensorboard = run_log.ScalarWriter(workdir, enabled=run.is_chief,
                                      start_step=start_step)
-  best_manager = (best_checkpoint.make_manager(workdir, evaluate.select_by)
-                  if evaluate.val_split else None)
+  best_manager = (best_checkpoint.make_manager(workdir, run.select_by)
+                  if run.val_split else None)
   if start_step:
     logging.info('resumed from the checkpoint at step %d', start_step)
     if run.is_chief:
       print(f'Resuming from step {start_step} in {workdir}', flush=True)
-  return state, train_loop.Outputs(manager, best_manager, log, tensorboard)
+  return state, Outputs(manager, best_manager, log, tensorboard)
 
 
-# ----------------------------------------------------------------- report --
+# ------------------------------------------------------------ the step loop --
 
 
-def _final_evaluations(run: train_loop.Run, state, step: int,
-                       last_epoch: train_loop.Scored | None,
-                       evaluate: train_loop.Evaluation,
-                       outputs: train_loop.Outputs):
-  """({'last': Scored[, 'last_<other weights>': Scored][, 'best': Scored]}
-  on eval_split, the best model's select_by value or None).
+def _train(run: Run, state, batches, train_step, gradient_share,
+           outputs: Outputs, preemption: faults.PreemptionGuard):
+  """Steps to run.total_steps, evaluating at each epoch's end; returns (the
+  final state, the last epoch's scores, None if no epoch ended).
 
-  The last epoch's predictions are reused when it scored eval_split and
-  there is no TTA to add; with a validation split the best model (if any
-  was kept) is scored too, and each model's temperature is fitted on it.
-  Each is scored with evaluate.weights; with a weight EMA the last model
-  also with the other weights (`last_raw` or `last_ema`), as timm scores
-  both.
+  Per step: the progress bar, a train record every config.log_every_steps
+  (with DANIL's gradient share), a checkpoint every
+  config.checkpoint_every_steps, and a stop, checkpointed, on preemption or
+  too many non-finite steps in a row. Per epoch: the evaluation record, the
+  best model kept, the curves plotted and a checkpoint.
   """
-  test_split = run.config.dataset.eval_split
-  reuse = None if last_epoch is None else last_epoch.predictions
-  finals, best_value = {'last': train_loop.Scored(
-      step, *evaluate.final(state, test_split, reuse=reuse),
-      weights=evaluate.weights)}, None
-  if state.ema is not None:
-    other = 'raw' if evaluate.weights == 'ema' else 'ema'
-    finals[f'last_{other}'] = train_loop.Scored(
-        step, *evaluate.final(state, test_split, weights=other),
-        weights=other)
-  if evaluate.val_split:
-    outputs.best_manager.wait_until_finished()
-    best_step, best_value = best_checkpoint.best_so_far(outputs.best_manager)
-    if best_step is not None:
-      best_state = steps.state_from_checkpoint(
-          state, best_checkpoint.restore_state(
-              outputs.best_manager.directory, best_step,
-              steps.state_to_checkpoint(state)))
-      finals['best'] = train_loop.Scored(
-          best_step, *evaluate.final(best_state, test_split),
-          weights=evaluate.weights)
-  return finals, best_value
+  config, manager = run.config, outputs.manager
+  nonfinite = faults.NonFiniteMonitor(
+      config.faults.max_nonfinite_in_a_row,
+      lambda: checkpointing.latest_description(manager))
+  step, last_epoch, bar = int(state.step), None, None
+  pending, since = [], (time.time(), step)  # the next train record's steps
+  try:
+    while step < run.total_steps:
+      epoch_end = min((step // run.steps_per_epoch + 1) * run.steps_per_epoch,
+                      run.total_steps)
+      _stop_if_preempted(run, state, step, manager, nonfinite, preemption)
+      if bar is None:
+        bar, shown = _progress_bar(run, step, epoch_end), (time.time(), step)
+      batch = multihost.global_batch(next(batches), run.mesh)
+      log_now = (step + 1) % config.log_every_steps == 0
+      share = (gradient_share(state, batch)
+               if log_now and gradient_share is not None else None)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      nonfinite.add(step, step_metrics)
+      nonfinite.check(keep_last=1)  # the newest step may still be running
+      pending.append(step_metrics)
+      bar.update(1)
+      if step % 5 == 0 or step == epoch_end:
+        shown = _show_progress(run, bar, step, step_metrics, shown)
+      if log_now:
+        since = _write_train_record(run, outputs, step, pending, share, since)
+        pending = []
+      if step % config.checkpoint_every_steps == 0 and step < epoch_end:
+        nonfinite.check()
+        checkpointing.save(manager, step,
+                           train_step_lib.state_to_checkpoint(state))
+      if step == epoch_end:
+        bar.close()
+        bar = None
+        nonfinite.check()
+        last_epoch = _end_epoch(run, state, step, outputs)
+  finally:
+    # A save still being written when an error ends the loop (a NaN right
+    # after a checkpoint) is finished, not lost.
+    manager.wait_until_finished()
+  return state, last_epoch
 
 
-def _write_final_report(run: train_loop.Run, step: int, finals: dict,
-                        best_value, evaluate: train_loop.Evaluation,
-                        outputs: train_loop.Outputs) -> None:
-  """eval_split's scores, each also written to WORKDIR/eval/<split>_<name>/
-  as the `evaluate` command writes it, to final_metrics.json and stdout;
-  each names its model (checkpoint) and weights."""
-  config, class_names = run.config, run.dataset.class_names
-  test_split = config.dataset.eval_split
-  with_ema = any(name.startswith('last_') for name in finals)
-  heads = {}
-  for name, scored in finals.items():
-    model = 'best' if name == 'best' else 'last'
-    heads[name] = dict(step=scored.step, split=test_split, model=model,
-                       weights=scored.weights)
-    evaluation.write_outputs(
-        run.workdir / 'eval' / evaluation.output_name(test_split, name,
-                                                      config.eval.tta),
-        scored.predictions, dict(heads[name], **scored.report), class_names,
-        title=f'{config.dataset.name} {test_split}, {model} model '
-        f'(step {scored.step}' + (f', {scored.weights} weights)' if with_ema
-                                  else ')'))
-    if evaluate.val_split or with_ema:
-      outputs.tensorboard.write(dict(kind='final', step=step, split=test_split,
-                                     model=name, **scored.report))
-  final = dict(heads['last'], step=step, **finals['last'].report)
-  for name in finals:
-    if name.startswith('last_'):  # the last model's other weights
-      final[name] = dict(heads[name], **finals[name].report)
-  if 'best' in finals:
-    final['best'] = dict(heads['best'], selected_on=evaluate.val_split,
-                         select_by=evaluate.select_by,
-                         selection_value=best_value, **finals['best'].report)
-  (run.workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
-  for name, scored in finals.items():
-    chosen = (f', best {evaluate.val_split} {evaluate.select_by}'
-              if name == 'best' else '')
-    if with_ema:
-      chosen += f', {scored.weights} weights'
-    print(f"\nFinal {test_split} metrics after {scored.step} steps "
-          f"({config.method}, {heads[name]['model']} model{chosen}):\n"
-          + metrics_lib.format_report(scored.report, class_names,
-                                      config.eval.headline), flush=True)
+def _progress_bar(run: Run, step: int, epoch_end: int) -> tqdm:
+  epoch = step // run.steps_per_epoch
+  return tqdm(total=epoch_end - epoch * run.steps_per_epoch,
+              initial=step - epoch * run.steps_per_epoch, unit='step',
+              desc=f'epoch {epoch + 1}/{run.config.num_epochs}',
+              disable=not run.is_chief, dynamic_ncols=True)
+
+
+def _show_progress(run: Run, bar: tqdm, step: int, step_metrics: dict,
+                   shown):
+  """The loss, L_d, the misclassified share and images/s since the last
+  shown (time, step) on the bar; returns the new mark."""
+  latest = jax.device_get(step_metrics)
+  now = time.time()
+  rate = (step - shown[1]) * run.config.input.global_batch_size / (
+      now - shown[0])
+  bar.set_postfix(
+      loss=f"{latest['loss']:.4f}", Ld=f"{latest['distraction']:.3g}",
+      miscls=f"{latest['misclassified']:.2f}", img_s=f'{rate:.0f}')
+  return now, step
+
+
+def _write_train_record(run: Run, outputs: Outputs, step: int, pending,
+                        share, since):
+  """Writes the means of the step metrics since the last record (with
+  DANIL's gradient share if given); returns the new (time, step) mark."""
+  means = {k: float(np.mean(v)) for k, v in
+           jax.device_get(jax.tree.map(lambda *x: jnp.stack(x),
+                                       *pending)).items()}
+  if share is not None:
+    means.update({k: float(v) for k, v in jax.device_get(share).items()})
+  now = time.time()
+  means['images_per_s'] = ((step - since[1])
+                           * run.config.input.global_batch_size
+                           / (now - since[0]))
+  outputs.log.write(dict(kind='train', step=step,
+                         epoch=step / run.steps_per_epoch, **means))
+  outputs.tensorboard.write(dict(kind='train', step=step, **means))
+  return now, step
+
+
+def _end_epoch(run: Run, state, step: int, outputs: Outputs) -> dict:
+  """Scores the epoch's split, keeps the best model, plots, checkpoints;
+  returns the scores."""
+  config, select_by = run.config, run.select_by
+  predictions, report = final_report.score(run, run.eval_step, state,
+                                           run.epoch_split)
+  record = dict(kind='eval', step=step, epoch=step / run.steps_per_epoch,
+                split=run.epoch_split, **report)
+  outputs.log.write(record)
+  outputs.tensorboard.write(record)
+  if select_by not in report:
+    raise ValueError(f'config.eval.select_by / headline[0] is '
+                     f'{select_by!r}, not a metric of this evaluation; '
+                     f'expected one of {sorted(report)}')
+  if run.val_split:
+    best_checkpoint.maybe_save(outputs.best_manager, select_by, step,
+                               train_step_lib.state_to_checkpoint(state),
+                               report[select_by])
+  if run.is_chief:
+    plots.plot_curves(outputs.log.read(), run.workdir / plots.CURVES_FILE,
+                      title=f'{config.dataset.name} {config.model.name} '
+                      f'{config.method}')
+    print(f'epoch {step / run.steps_per_epoch:.2f} {run.epoch_split}: '
+          + metrics_lib.format_headline(report, config.eval.headline)
+          + f" loss {report['loss']:.4f}", flush=True)
+  checkpointing.save(outputs.manager, step,
+                     train_step_lib.state_to_checkpoint(state))
+  return dict(step=step, predictions=predictions, report=report,
+              weights='raw')
+
+
+def _stop_if_preempted(run: Run, state, step: int, manager, nonfinite,
+                       preemption: faults.PreemptionGuard) -> None:
+  """On SIGTERM/SIGINT (any process): checkpoint at `step` and exit."""
+  if not preemption.should_stop(step):
+    return
+  nonfinite.check()
+  if manager.latest_step() != step:
+    checkpointing.save(manager, step,
+                       train_step_lib.state_to_checkpoint(state))
+  manager.wait_until_finished()
+  preempted = faults.Preempted(step, str(manager.directory))
+  if run.is_chief:
+    print(f'\n{preempted}', flush=True)
+  raise preempted

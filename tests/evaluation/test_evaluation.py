@@ -11,13 +11,13 @@ from sklearn import metrics as skm
 
 from danil_jax.configs import default
 from danil_jax.evaluation import best_checkpoint
-from danil_jax.evaluation import scoring as evaluation
+from danil_jax.evaluation import scoring
 from danil_jax.method import intrinsic_maps
 from danil_jax.runtime import augment
 from danil_jax.runtime import input_pipeline
 from danil_jax.runtime import multihost
 from danil_jax.runtime import run_log
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 from danil_jax import data_prep
 
 
@@ -60,12 +60,12 @@ def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):
                                      std=(0.2, 0.25, 0.3), augment=False)
   model = _Linear()
   variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))
-  state = steps.create_train_state(model, variables, optax.sgd(0.1),
+  state = train_step.create_train_state(model, variables, optax.sgd(0.1),
                                    jax.random.PRNGKey(0))
   mesh = multihost.make_mesh()
-  predictions = evaluation.predict_split(
-      jax.jit(steps.eval_step), state, source, pre=pre, global_batch_size=16,
-      mesh=mesh, metadata=evaluation.read_metadata(demo_builder, split))
+  predictions = scoring.predict_split(
+      jax.jit(scoring.eval_step), state, source, pre=pre, global_batch_size=16,
+      mesh=mesh, metadata=scoring.read_metadata(demo_builder, split))
 
   # Independently: every image preprocessed, the linear map in float64.
   images = np.stack([augment.eval_transform(source[i]['image'], size=32,
@@ -88,7 +88,7 @@ def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):
   np.testing.assert_array_equal(predictions.ids, np.arange(50))
 
   class_names = list(demo_builder.info.features['label'].names)
-  report = evaluation.report(predictions, class_names, default.get_config().eval)
+  report = scoring.report(predictions, class_names, default.get_config().eval)
   assert report['num_examples'] == 50
   assert report['loss'] == pytest.approx(
       -np.mean(log_p[np.arange(50), labels]), rel=1e-5)
@@ -112,15 +112,15 @@ def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):
 def test_validation_split_auto():
   config = default.get_config()
   splits = ['train', 'validation', 'test']
-  assert evaluation.validation_split(config, splits) == ''  # paper protocol
+  assert scoring.validation_split(config, splits) == ''  # paper protocol
   config.dataset.train_split = 'train'
-  assert evaluation.validation_split(config, splits) == 'validation'
-  assert evaluation.validation_split(config, ['train', 'test']) == ''
+  assert scoring.validation_split(config, splits) == 'validation'
+  assert scoring.validation_split(config, ['train', 'test']) == ''
   config.eval.validation_split = ''
-  assert evaluation.validation_split(config, splits) == ''
-  assert evaluation.select_by(config) == 'macro_f1'
+  assert scoring.validation_split(config, splits) == ''
+  assert scoring.select_by(config) == 'macro_f1'
   config.eval.select_by = 'loss'
-  assert evaluation.select_by(config) == 'loss'
+  assert scoring.select_by(config) == 'loss'
 
 
 # --- Response maps (Eq. 2, Fig. 3). ------------------------------------------

@@ -206,14 +206,12 @@ def mode_steps(mesh) -> dict:
   maps: metrics and the new parameters (the old ones minus the gradient) as
   numpy, keyed '<dtype>/<count>/<name>'."""
   # pylint: disable=g-import-not-at-top
-  import functools
-
   import optax
   from tests.method.test_misclassified_only import _labels_with
   from tests.method.test_misclassified_only import _Net
 
   from danil_jax.runtime import multihost
-  from danil_jax.runtime import steps
+  from danil_jax.trainer import train_step
   x = jax.random.normal(jax.random.PRNGKey(0), (16, 6, 6, 2), jnp.float32)
   variables = _Net().init(jax.random.PRNGKey(1), x, train=False)
   replicated, data = multihost.replicated(mesh), multihost.data_sharding(mesh)
@@ -226,11 +224,11 @@ def mode_steps(mesh) -> dict:
     # y- of the step: the model's train-mode prediction.
     pred = jnp.argmax(model.apply(variables, x, train=True,
                                   mutable=['batch_stats'])[0], -1)
-    state = multihost.replicate(steps.create_train_state(
+    state = multihost.replicate(train_step.create_train_state(
         model, variables, optax.sgd(1.0), jax.random.PRNGKey(2)), mesh)
-    step = jax.jit(functools.partial(
-        steps.train_step, method='danil', lam=1.0, eps=1e-4,
-        reduction='batch', misclassified_only=True, map_dtype=map_dtype),
+    step = jax.jit(train_step.step_for(
+        'danil', lam=1.0, eps=1e-4, reduction='batch',
+        misclassified_only=True, map_dtype=map_dtype),
                    in_shardings=(replicated, data),
                    out_shardings=(replicated, replicated))
     for count in (0, 1, 5):

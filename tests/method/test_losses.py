@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from danil_jax.method import losses
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 
 
 def init_params(key, channels=3, width=4, num_classes=3, dtype=jnp.float32):
@@ -243,12 +243,12 @@ class _BatchNormNet(nn.Module):
 @pytest.mark.parametrize('reduction', losses.REDUCTIONS)
 def test_gradient_share_from_two_separate_parameter_gradients(batch,
                                                               reduction):
-  """steps.distraction_gradient_share against g_ce and g_d each computed
+  """train_step.gradient_share against g_ce and g_d each computed
   alone, g_d by the naive two-input-gradient reference of that reading."""
   _, x, _ = batch
   model = _BatchNormNet()
   variables = model.init(jax.random.PRNGKey(3), x, train=False)
-  state = steps.create_train_state(model, variables, optax.sgd(0.1),
+  state = train_step.create_train_state(model, variables, optax.sgd(0.1),
                                    jax.random.PRNGKey(4))
 
   def net(params, x_):
@@ -269,9 +269,9 @@ def test_gradient_share_from_two_separate_parameter_gradients(batch,
                                                            g_d)))
   want_ratio = norm_d / float(optax.tree.norm(g_ce))
   assert want_ratio > 1e-3  # the term is there to be measured
-  got = steps.distraction_gradient_share(
+  got = train_step.gradient_share(
       state, dict(image=x, label=labels.astype(jnp.int32)), lam=lam, eps=eps,
-      reduction=reduction)
+      reduction=reduction, misclassified_only=False, map_dtype='compute')
   np.testing.assert_allclose(got['distraction_grad_share'], want_share,
                              rtol=1e-4)
   np.testing.assert_allclose(got['distraction_grad_ratio'], want_ratio,
@@ -281,12 +281,12 @@ def test_gradient_share_from_two_separate_parameter_gradients(batch,
 @pytest.mark.parametrize('skip_correct', [False, True])
 @pytest.mark.parametrize('reduction', losses.REDUCTIONS)
 def test_train_step_takes_the_reading(batch, reduction, skip_correct):
-  """steps.train_step (and its skip_correct path) with `reduction` moves the
+  """train_step.make_train_step (and its skip_correct path) with `reduction` moves the
   parameters by the naive reference's gradient of that reading."""
   _, x, _ = batch
   model = _BatchNormNet()
   variables = model.init(jax.random.PRNGKey(3), x, train=False)
-  state = steps.create_train_state(model, variables, optax.sgd(0.1),
+  state = train_step.create_train_state(model, variables, optax.sgd(0.1),
                                    jax.random.PRNGKey(4))
 
   def net(params, x_):
@@ -300,9 +300,10 @@ def test_train_step_takes_the_reading(batch, reduction, skip_correct):
   (loss_ref, ld_ref), grads_ref = jax.value_and_grad(
       NAIVE[reduction], has_aux=True)(state.params, x, labels, lam, eps,
                                       net=net)
-  new_state, metrics = steps.train_step(
-      state, dict(image=x, label=labels.astype(jnp.int32)), method='danil',
-      lam=lam, eps=eps, reduction=reduction, skip_correct=skip_correct)
+  new_state, metrics = train_step.step_for(
+      'danil', lam=lam, eps=eps, reduction=reduction,
+      skip_correct=skip_correct)(
+          state, dict(image=x, label=labels.astype(jnp.int32)))
   np.testing.assert_allclose(metrics['loss'], loss_ref, rtol=1e-5)
   np.testing.assert_allclose(metrics['distraction'], ld_ref, rtol=1e-5)
   want = jax.tree.map(lambda p, g: p - 0.1 * g, state.params, grads_ref)

@@ -19,9 +19,9 @@ import pytest
 
 from danil_jax.configs import demo
 from danil_jax.method import misclassified_only
-from danil_jax.runtime import config_checks
+from danil_jax.trainer import config_checks
 from danil_jax.runtime import run_config
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 from danil_jax.trainer import train
 
 EPS = 1e-4
@@ -177,11 +177,11 @@ def test_train_step_gradient_is_ce_plus_lam_ld(reduction):
     logits_fn = _logits_fn(model, variables)
     pred_eval = jnp.argmax(logits_fn(variables['params'], x), -1)
     labels = _labels_with(pred_eval, 3)
-    state = steps.create_train_state(
+    state = train_step.create_train_state(
         model, variables, optax.sgd(1.0), jax.random.PRNGKey(2))
     batch = {'image': x, 'label': labels}
-    new_state, metrics = jax.jit(lambda s, b: steps.train_step(
-        s, b, method='danil', lam=lam, eps=EPS, misclassified_only=True,
+    new_state, metrics = jax.jit(train_step.step_for(
+        'danil', lam=lam, eps=EPS, misclassified_only=True,
         reduction=reduction))(state, batch)
     (ce, ce_grads), (scaled_ld, ld_grads), pred = _train_mode_reference(
         model, variables, x, labels, lam, reduction)
@@ -201,9 +201,9 @@ def test_train_step_gradient_is_ce_plus_lam_ld(reduction):
                            variables['batch_stats']['BatchNorm_0']['mean'])
 
     # The logged gradient share measures this loss, not the exact one.
-    share = jax.jit(lambda s, b: steps.distraction_gradient_share(
+    share = jax.jit(lambda s, b: train_step.gradient_share(
         s, b, lam=lam, eps=EPS, reduction=reduction,
-        misclassified_only=True))(state, batch)
+        misclassified_only=True, map_dtype='compute'))(state, batch)
     norm = lambda tree: np.sqrt(sum(float(jnp.sum(jnp.square(a)))
                                     for a in jax.tree.leaves(tree)))
     np.testing.assert_allclose(share['distraction_grad_ratio'],
@@ -225,7 +225,7 @@ def test_float32_maps_of_a_bfloat16_model(reduction):
   reference_fn = _logits_fn(_Net(dtype=jnp.float32), variables)
   pred_eval = jnp.argmax(reference_fn(params, x), -1)
   labels = _labels_with(pred_eval, 5)
-  state = steps.create_train_state(_Net(dtype=jnp.bfloat16), variables,
+  state = train_step.create_train_state(_Net(dtype=jnp.bfloat16), variables,
                                    optax.sgd(1.0), jax.random.PRNGKey(2))
   batch = {'image': x, 'label': labels}
   # y- of the step: the bf16 model's train-mode prediction.
@@ -237,7 +237,7 @@ def test_float32_maps_of_a_bfloat16_model(reduction):
 
   def errors(map_dtype):
     """Relative errors of Ld and dLd/dparams from the step's map forward."""
-    maps_fn = steps._eval_logits_fn(state, map_dtype)
+    maps_fn = train_step._eval_logits_fn(state, map_dtype)
     ld, grads, _ = jax.jit(
         lambda p: misclassified_only.distraction_value_and_grad(
             maps_fn, p, x, labels, pred, eps=EPS, reduction=reduction))(params)
@@ -256,8 +256,8 @@ def test_float32_maps_of_a_bfloat16_model(reduction):
   # The bf16 maps are 10x further off at least: the check above can fail.
   assert min(compute_errors) > 1e-4, compute_errors
   if reduction == 'batch':  # the step passes map_dtype on (once: compiles)
-    _, metrics = jax.jit(lambda s, b: steps.train_step(
-        s, b, method='danil', lam=1.0, eps=EPS, reduction=reduction,
+    _, metrics = jax.jit(train_step.step_for(
+        'danil', lam=1.0, eps=EPS, reduction=reduction,
         misclassified_only=True, map_dtype='float32'))(state, batch)
     np.testing.assert_allclose(metrics['distraction'], want, rtol=1e-5)
 

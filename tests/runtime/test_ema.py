@@ -7,7 +7,6 @@ Resuming keeps the average bit for bit: tests/runtime/test_faults.py kills a run
 with it and compares the rerun's final checkpoint, average included.
 """
 
-import functools
 import json
 import os
 import subprocess
@@ -28,11 +27,11 @@ from danil_jax.evaluation import trained_run
 from danil_jax.models import layers
 from danil_jax.runtime import augment
 from danil_jax.runtime import checkpointing
-from danil_jax.runtime import config_checks
 from danil_jax.runtime import ema
-from danil_jax.runtime import steps
 from danil_jax.trainer import train
 from danil_jax import data_prep
+from danil_jax.trainer import config_checks
+from danil_jax.trainer import train_step
 from tests.runtime import test_faults
 
 if not flags.FLAGS.is_parsed():  # grain reads absl flags
@@ -76,7 +75,7 @@ def _state(with_ema):
   model = _Net()
   variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)),
                          train=False)
-  return steps.create_train_state(model, variables,
+  return train_step.create_train_state(model, variables,
                                   optax.sgd(0.1, momentum=0.9),
                                   jax.random.PRNGKey(2), ema=with_ema)
 
@@ -97,9 +96,8 @@ def _weights(state):
 @pytest.mark.parametrize('decay', [0.2, 0.999])
 def test_step_average_is_the_numpy_ema_of_the_weights(decay):
   state, plain = _state(True), _state(False)
-  step = jax.jit(functools.partial(steps.train_step, method='base',
-                                   ema_decay=decay))
-  plain_step = jax.jit(functools.partial(steps.train_step, method='base'))
+  step = jax.jit(train_step.step_for('base', ema_decay=decay))
+  plain_step = jax.jit(train_step.step_for('base'))
   want = _weights(state)  # e_0: the initial weights
   for t in range(5):
     state, metrics = step(state, _batch(t))
@@ -115,8 +113,7 @@ def test_step_average_is_the_numpy_ema_of_the_weights(decay):
 
 
 def test_a_refused_non_finite_step_leaves_the_average_as_it_was():
-  step = jax.jit(functools.partial(steps.train_step, method='base',
-                                   ema_decay=0.5))
+  step = jax.jit(train_step.step_for('base', ema_decay=0.5))
   state, _ = step(_state(True), _batch(0))
   new, metrics = step(state, _batch(1, poison=True))
   assert float(metrics['nonfinite']) == 1.0
@@ -126,9 +123,9 @@ def test_a_refused_non_finite_step_leaves_the_average_as_it_was():
 
 def test_off_keeps_no_average_and_saves_what_it_saved_before():
   state = _state(False)
-  assert state.ema is None and 'ema' not in steps.state_to_checkpoint(state)
+  assert state.ema is None and 'ema' not in train_step.state_to_checkpoint(state)
   with pytest.raises(ValueError, match='needs a state with a weight EMA'):
-    steps.train_step(state, _batch(0), method='base', ema_decay=0.9)
+    train_step.step_for('base', ema_decay=0.9)(state, _batch(0))
 
 
 # ------------------------------------------------------- checkpoints --
@@ -137,17 +134,17 @@ def test_off_keeps_no_average_and_saves_what_it_saved_before():
 def test_checkpoints_with_and_without_an_average_restore_both_ways(
     tmp_path, capsys):
   with_ema, without = _state(True), _state(False)
-  with_ema, _ = jax.jit(functools.partial(
-      steps.train_step, method='base', ema_decay=0.5))(with_ema, _batch(0))
+  with_ema, _ = jax.jit(train_step.step_for(
+      'base', ema_decay=0.5))(with_ema, _batch(0))
   for name, state in (('plain', without), ('ema', with_ema)):
     manager = checkpointing.make_manager(tmp_path / name, max_to_keep=1)
-    checkpointing.save(manager, 1, steps.state_to_checkpoint(state))
+    checkpointing.save(manager, 1, train_step.state_to_checkpoint(state))
     manager.wait_until_finished()
   # An old checkpoint (no average) into a run with one: not "unreadable";
   # the average starts from its weights.
   manager = checkpointing.make_manager(tmp_path / 'plain', max_to_keep=1)
   restored = checkpointing.restore_latest(
-      manager, steps.state_to_checkpoint(with_ema))
+      manager, train_step.state_to_checkpoint(with_ema))
   assert 'holds no weight EMA' in capsys.readouterr().err
   assert not (tmp_path / 'plain' / 'checkpoints.unreadable').exists()
   assert manager.all_steps() == [1]
@@ -157,7 +154,7 @@ def test_checkpoints_with_and_without_an_average_restore_both_ways(
   # A checkpoint with an average into a run without: the rest restored.
   manager = checkpointing.make_manager(tmp_path / 'ema', max_to_keep=1)
   restored = checkpointing.restore_latest(
-      manager, steps.state_to_checkpoint(without))
+      manager, train_step.state_to_checkpoint(without))
   assert 'ema' not in restored
   assert_tree_close(restored['params'], jax.device_get(with_ema.params),
                     rtol=0, atol=0)

@@ -26,11 +26,11 @@ import pytest
 
 from danil_jax.configs import demo
 from danil_jax import models
-from danil_jax.runtime import config_checks
 from danil_jax.runtime import faults
 from danil_jax.runtime import run_config
-from danil_jax.runtime import steps
+from danil_jax.trainer import config_checks
 from danil_jax.trainer import train
+from danil_jax.trainer import train_step
 
 # grain's workers read absl flags, parsed by `app.run` in the commands.
 if not flags.FLAGS.is_parsed():
@@ -72,7 +72,7 @@ def main():
   sys.path.insert(0, os.environ['REPO'])
   from tests.runtime import test_faults
   from danil_jax.runtime import faults
-  from danil_jax.runtime import steps
+  from danil_jax.evaluation import scoring
   from danil_jax.trainer import train
   workdir, data_dir, point, at, overrides = sys.argv[1:6]
   at = int(at)
@@ -120,7 +120,7 @@ def main():
     ocp.StandardCheckpointHandler.async_save = async_save
   if point == 'eval':
     # During the `at`-th evaluation batch of the run.
-    original_eval = steps.eval_step
+    original_eval = scoring.eval_step
     calls = []
     def eval_step(state, batch):
       def count(_):
@@ -129,7 +129,7 @@ def main():
           kill(signal.SIGKILL)
       jax.debug.callback(count, state.step)
       return original_eval(state, batch)
-    steps.eval_step = eval_step
+    scoring.eval_step = eval_step
   train.train_and_evaluate(config, workdir)
 
 if __name__ == '__main__':
@@ -284,14 +284,19 @@ def test_second_sigterm_during_the_save_exits_at_once_and_corrupts_nothing(
 
 def poison_step(monkeypatch, nan_steps):
   """Makes the images of the given steps (1-based) NaN, inside the step."""
-  original = steps.train_step
+  original = train_step.make_train_step
 
-  def train_step(state, batch, **kw):
-    poisoned = jnp.isin(state.step + 1, jnp.asarray(nan_steps))
-    image = jnp.where(poisoned, jnp.nan, batch['image'])
-    return original(state, dict(batch, image=image), **kw)
+  def make_train_step(config):
+    step = original(config)
 
-  monkeypatch.setattr(steps, 'train_step', train_step)
+    def poisoned_step(state, batch):
+      poisoned = jnp.isin(state.step + 1, jnp.asarray(nan_steps))
+      image = jnp.where(poisoned, jnp.nan, batch['image'])
+      return step(state, dict(batch, image=image))
+
+    return poisoned_step
+
+  monkeypatch.setattr(train_step, 'make_train_step', make_train_step)
 
 
 def assert_all_checkpoints_finite(workdir):
@@ -336,8 +341,8 @@ def tiny_state(learning_rate):
   config = demo.get_config()
   config.optim.learning_rate = learning_rate
   config.optim.schedule = 'constant'
-  tx = steps.make_optimizer(config.optim, 10, 1)
-  return steps.create_train_state(model, variables, tx, jax.random.key(1))
+  tx = train_step.make_optimizer(config.optim, 10, 1)
+  return train_step.create_train_state(model, variables, tx, jax.random.key(1))
 
 
 def tiny_batch(image_value=None):
@@ -357,7 +362,7 @@ def tiny_batch(image_value=None):
 def test_train_step_keeps_the_old_state_on_a_non_finite_step(
     learning_rate, image_value, steps_before):
   state = tiny_state(learning_rate)
-  step = jax.jit(functools_partial(steps.train_step, method='danil'))
+  step = jax.jit(train_step.step_for('danil', reduction='per_image'))
   for _ in range(steps_before):
     state, metrics = step(state, tiny_batch())
     assert float(metrics['nonfinite']) == 0.0
@@ -372,16 +377,12 @@ def test_train_step_keeps_the_old_state_on_a_non_finite_step(
 
 def test_train_step_applies_a_finite_step():
   state = tiny_state(0.05)
-  new_state, metrics = jax.jit(functools_partial(
-      steps.train_step, method='danil'))(state, tiny_batch())
+  new_state, metrics = jax.jit(train_step.step_for(
+      'danil', reduction='per_image'))(state, tiny_batch())
   assert float(metrics['nonfinite']) == 0.0
   assert not np.array_equal(
       np.asarray(jax.tree.leaves(new_state.params)[0]),
       np.asarray(jax.tree.leaves(state.params)[0]))
-
-
-def functools_partial(f, **kw):
-  return lambda state, batch: f(state, batch, **kw)
 
 
 # ---------------------------------------------------------- config pinning

@@ -17,21 +17,21 @@ ONE_STEP = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np, optax
     from danil_jax import models
     from danil_jax.runtime import multihost
-    from danil_jax.runtime import steps
+    from danil_jax.trainer import train_step
     assert jax.device_count() == int(sys.argv[2]), jax.devices()
     mesh = multihost.make_mesh()
     model = models.create('small_resnet', 3, widths=(4, 8))
     x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
     labels = jnp.arange(8) % 3
     variables = model.init(jax.random.PRNGKey(0), x, train=False)
-    state = steps.create_train_state(model, variables, optax.sgd(0.1),
+    state = train_step.create_train_state(model, variables, optax.sgd(0.1),
                                      jax.random.PRNGKey(2))
     state = multihost.replicate(state, mesh)
     batch = multihost.global_batch({'image': np.asarray(x),
                                     'label': np.asarray(labels)}, mesh)
     assert len(batch['image'].sharding.device_set) == jax.device_count()
     step = jax.jit(
-        lambda s, b: steps.train_step(s, b, method='danil', lam=1.0),
+        train_step.step_for('danil', lam=1.0, reduction='per_image'),
         in_shardings=(multihost.replicated(mesh),
                       multihost.data_sharding(mesh)))
     new_state, metrics = step(state, batch)

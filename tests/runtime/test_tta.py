@@ -9,7 +9,7 @@ import pytest
 
 from danil_jax.evaluation import scoring as evaluation
 from danil_jax.runtime import multihost
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 from danil_jax.runtime import tta
 
 
@@ -27,7 +27,7 @@ class _Conv(nn.Module):
 def _state(size=8):
   model = _Conv()
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
-  return steps.create_train_state(model, variables, optax.sgd(0.1),
+  return train_step.create_train_state(model, variables, optax.sgd(0.1),
                                   jax.random.PRNGKey(1))
 
 

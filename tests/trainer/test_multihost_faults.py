@@ -33,7 +33,7 @@ from absl import app
 from danil_jax.runtime import faults
 from danil_jax import main
 from danil_jax.runtime import multihost
-from danil_jax.trainer import train_loop
+from danil_jax.trainer import train
 
 delay = float(sys.argv.pop(1))  # seconds of sleep after each step
 poison = sys.argv.pop(1)  # 'PROCESS:STEP,STEP' or ''
@@ -54,16 +54,16 @@ if before:
   # A signal to one process before any step: every process then waits, so
   # the notice reaches them all before their first sync-point check.
   signalled, name = before.split(':')
-  original_run = train_loop.TrainingLoop.run
+  original_train = train._train
 
-  def run(self, *args):
+  def train_steps(*args):
     import jax
     if jax.process_index() == int(signalled):
       os.kill(os.getpid(), getattr(signal, name))
     time.sleep(3)
-    return original_run(self, *args)
+    return original_train(*args)
 
-  train_loop.TrainingLoop.run = run
+  train._train = train_steps
 if poison:
   process, steps = poison.split(':')
   steps = {int(s) for s in steps.split(',')}

@@ -1,8 +1,8 @@
 """The trainer's steps against a training loop written independently here.
 
 The project's public training path (a config from configs/, then
-`steps.make_optimizer`, `steps.create_train_state` and `steps.train_step`
-jitted with the config's keywords as train.py does) runs N steps of Base,
+`train_step.make_optimizer`, `train_step.create_train_state` and
+`train_step.make_train_step(config)` jitted as train.py does) runs N steps of Base,
 OHEM and DANIL on the demo model. The same batches go through a reference
 written from the formulas in this file: a plain-JAX twin of the model
 (plain_jax_models.py, its own BatchNorm and running-statistics update), its
@@ -32,7 +32,7 @@ import pytest
 from danil_jax.configs import demo
 from danil_jax import models
 from danil_jax.models import layers
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 
 NUM_STEPS = 6
 BATCH, SIZE, NUM_CLASSES = 8, 16, 4
@@ -75,6 +75,7 @@ def make_config(method, optimiser):
   config.dataset.num_classes = NUM_CLASSES
   config.danil.lam = 1.0  # Ld's gradient as large as L+c's: a real test
   config.danil.eps = 1e-4
+  config.danil.reduction = 'per_image'  # the reading reference_training has
   config.ohem.keep_ratio = 0.6  # keeps ceil(4.8) = 5 of 8
   for key, value in OPTIMISERS[optimiser].items():
     config.optim[key] = value
@@ -206,17 +207,13 @@ def reference_training(variables, batches, config, forward):
 
 def trainer_training(model, variables, batches, config):
   """The public path, as train.py builds and calls it."""
-  tx = steps.make_optimizer(config.optim, STEPS_PER_EPOCH, NUM_EPOCHS)
-  state = steps.create_train_state(model, variables, tx,
+  tx = train_step.make_optimizer(config.optim, STEPS_PER_EPOCH, NUM_EPOCHS)
+  state = train_step.create_train_state(model, variables, tx,
                                    jax.random.PRNGKey(config.seed))
-  train_step = jax.jit(functools.partial(
-      steps.train_step, method=config.method,
-      keep_ratio=config.ohem.keep_ratio,
-      skip_correct=config.danil.skip_correct, lam=config.danil.lam,
-      eps=config.danil.eps))
+  step = jax.jit(train_step.make_train_step(config))
   losses = []
   for batch in batches:
-    state, metrics = train_step(state, batch)
+    state, metrics = step(state, batch)
     losses.append(float(metrics['loss']))
   return state, losses
 
@@ -271,19 +268,20 @@ def test_trainer_equals_the_reference_training_loop(method, optimiser,
 
 
 def test_distraction_gradient_share_equals_two_separate_gradients():
-  """steps.distraction_gradient_share against g_ce and g_d taken as two
+  """train_step.gradient_share against g_ce and g_d taken as two
   separate parameter gradients of the reference L+c and lam * Ld."""
   config = make_config('danil', 'momentum')
   build, forward = MODELS['small_resnet']
   model = build()
   batch = make_batches(seed=2)[0]
   variables = init(model, batch['image'])
-  tx = steps.make_optimizer(config.optim, STEPS_PER_EPOCH, NUM_EPOCHS)
-  state = steps.create_train_state(model, variables, tx,
+  tx = train_step.make_optimizer(config.optim, STEPS_PER_EPOCH, NUM_EPOCHS)
+  state = train_step.create_train_state(model, variables, tx,
                                    jax.random.PRNGKey(config.seed))
   lam, eps = config.danil.lam, config.danil.eps
-  got = jax.jit(functools.partial(steps.distraction_gradient_share, lam=lam,
-                                  eps=eps))(state, batch)
+  got = jax.jit(functools.partial(
+      train_step.gradient_share, lam=lam, eps=eps, reduction='per_image',
+      misclassified_only=False, map_dtype='compute'))(state, batch)
 
   def term(params, which):
     terms = reference_terms(params, variables['batch_stats'], batch,

@@ -24,7 +24,6 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
-import os
 from typing import Iterator
 
 from etils import epath

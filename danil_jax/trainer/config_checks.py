@@ -10,23 +10,24 @@ import re
 
 import ml_collections
 
-from danil_jax import models
-from danil_jax.method import losses
-from danil_jax.runtime import steps
-from danil_jax.runtime import tta
+from danil_jax import configs
+from danil_jax.configs import default
 from danil_jax import data_prep
+from danil_jax import models
 from danil_jax.data_prep.own import dataset as own_dataset
+from danil_jax.method import losses
+from danil_jax.method import misclassified_only
+from danil_jax.method import registry
+from danil_jax.runtime import multihost
+from danil_jax.runtime import tta
+from danil_jax.trainer import train_step
 
 # Smallest input side each backbone accepts: below it a feature map becomes
 # empty (Inception-v4's unpadded stem and reductions; VGG's five 2x2 pools
 # before its 7x7 adaptive pool). Others pad every stride and accept any size.
 MIN_IMAGE_SIZE = {'inception_v4': 75, 'vgg11': 32, 'vgg11_bn': 32}
-SCHEDULES = ('constant', 'cosine')
 DTYPES = ('float32', 'bfloat16', 'float16')
-
-
-class ConfigError(ValueError):
-  """A config value outside what danil-jax accepts."""
+ConfigError = configs.ConfigError
 
 
 def _positive_int(config, key: str) -> None:
@@ -52,16 +53,19 @@ def _one_of(config, key: str, allowed) -> None:
 
 def check(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first value a run cannot use."""
-  _one_of(config, 'method', steps.METHODS)
+  for key, replaced_by in default.REMOVED_KEYS.items():
+    section, _, name = key.rpartition('.')
+    if name in _get(config, section):
+      raise ConfigError(f'config.{key} no longer exists: {replaced_by}')
+  _one_of(config, 'method', registry.names())
   _one_of(config, 'model.name', models.names())
   _one_of(config, 'model.dtype', DTYPES)
-  _one_of(config, 'optim.schedule', SCHEDULES)
+  _one_of(config, 'optim.schedule', train_step.SCHEDULES)
   _one_of(config, 'eval.tta', tta.MODES)
   for key in ('input.global_batch_size', 'input.eval_batch_size',
               'num_epochs', 'log_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints',
-              'faults.max_nonfinite_in_a_row',
-              'faults.preemption_sync_every_steps'):
+              'faults.max_nonfinite_in_a_row'):
     _positive_int(config, key)
   if config.max_steps != -1:
     _positive_int(config, 'max_steps')
@@ -93,7 +97,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 def _check_danil(config) -> None:
   _one_of(config, 'danil.reduction', losses.REDUCTIONS)
-  _one_of(config, 'danil.map_dtype', steps.MAP_DTYPES)
+  _one_of(config, 'danil.map_dtype', misclassified_only.MAP_DTYPES)
   for key in ('danil.skip_correct', 'danil.misclassified_only'):
     value = _get(config, key)
     if not isinstance(value, bool):
@@ -149,3 +153,23 @@ def check_splits(config: ml_collections.ConfigDict, builder) -> None:
             f'config.dataset.{key} {expression!r} names split {name!r}, '
             f'which {config.dataset.name!r} does not have; its splits are '
             f'{available}')
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh) -> None:
+  """Raises ConfigError for a batch size the mesh's devices cannot share."""
+  for key in ('global_batch_size', 'eval_batch_size'):
+    try:
+      multihost.per_process_batch_size(config.input[key], mesh)
+    except ValueError as e:
+      raise ConfigError(f'config.input.{key}: {e}') from None
+
+
+def check_num_classes(config: ml_collections.ConfigDict,
+                      class_names: list[str]) -> None:
+  """Raises ConfigError where config.dataset.num_classes is set and is not
+  the data set's."""
+  if config.dataset.num_classes not in (0, len(class_names)):
+    raise ConfigError(
+        f'config.dataset.num_classes is {config.dataset.num_classes} but '
+        f'{config.dataset.name!r} has {len(class_names)} classes: '
+        f'{class_names} (0 takes them from the data)')

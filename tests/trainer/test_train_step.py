@@ -1,6 +1,5 @@
-"""Tests for danil_jax/runtime/steps.py: the skip of DANIL's double backprop."""
+"""Tests for danil_jax/trainer/train_step.py: the skip of DANIL's double backprop."""
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -10,7 +9,7 @@ import optax
 import pytest
 
 from danil_jax.models import layers
-from danil_jax.runtime import steps
+from danil_jax.trainer import train_step
 
 
 class _Net(nn.Module):
@@ -28,7 +27,7 @@ def _state_and_batch(all_correct):
   model = _Net()
   images = jax.random.normal(jax.random.PRNGKey(0), (6, 16, 16, 3))
   variables = model.init(jax.random.PRNGKey(1), images, train=False)
-  state = steps.create_train_state(
+  state = train_step.create_train_state(
       model, variables, optax.sgd(0.1, momentum=0.9), jax.random.PRNGKey(2))
   # The labels the step's own training-mode forward predicts (same dropout
   # key), or labels that miss some of those predictions.
@@ -45,8 +44,8 @@ def test_skip_correct_gives_the_danil_step(all_correct):
   """With or without the skip, the step is the same: the skip takes the plain
   gradient only where Ld = 0 (Eq. 5) makes it exact."""
   state, batch = _state_and_batch(all_correct)
-  step = lambda skip: jax.jit(functools.partial(
-      steps.train_step, method='danil', lam=1.0, eps=1e-4,
+  step = lambda skip: jax.jit(train_step.step_for(
+      'danil', lam=1.0, eps=1e-4, reduction='per_image',
       skip_correct=skip))(state, batch)
   (new, metrics), (new_ref, metrics_ref) = step(True), step(False)
   assert (float(metrics_ref['misclassified']) == 0.0) == all_correct
