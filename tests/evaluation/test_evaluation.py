@@ -193,6 +193,8 @@ def test_best_checkpoint_keeps_the_best_across_restarts(tmp_path, metric,
 def test_find_checkpoint_tells_best_from_last(tmp_path):
   (tmp_path / 'checkpoints' / '7').mkdir(parents=True)
   (tmp_path / 'checkpoints' / '9').mkdir()
+  # A save still in progress (orbax renames it to '11' once complete).
+  (tmp_path / 'checkpoints' / '11.orbax-checkpoint-tmp-1').mkdir()
   (tmp_path / 'checkpoints_best' / '3').mkdir(parents=True)
   latest, best = str(tmp_path / 'checkpoints'), str(tmp_path /
                                                     'checkpoints_best')
