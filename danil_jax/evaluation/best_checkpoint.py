@@ -81,7 +81,7 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
   latest_dir = workdir / checkpointing.LATEST_DIR
   best_dir = workdir / BEST_DIR
   if which == 'best':
-    steps = checkpointing.steps(best_dir)
+    steps = checkpointing.saved_steps(best_dir)
     if not steps:
       raise ValueError(
           f'{workdir} has no best checkpoint ({best_dir} is empty or absent): '
@@ -89,7 +89,7 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
           '--checkpoint=last')
     return str(best_dir), steps[-1]
   if which == 'last':
-    steps = checkpointing.steps(latest_dir)
+    steps = checkpointing.saved_steps(latest_dir)
     if not steps:
       raise ValueError(f'{workdir} has no checkpoint in {latest_dir}')
     return str(latest_dir), steps[-1]
@@ -99,8 +99,8 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
     raise ValueError(f"--checkpoint must be 'best', 'last' or a step number, "
                      f'got {which!r}') from None
   for directory in (latest_dir, best_dir):
-    if step in checkpointing.steps(directory):
+    if step in checkpointing.saved_steps(directory):
       return str(directory), step
   raise ValueError(f'{workdir} has no checkpoint of step {step}; it has '
-                   f'{checkpointing.steps(latest_dir)} (latest) and '
-                   f'{checkpointing.steps(best_dir)} (best)')
+                   f'{checkpointing.saved_steps(latest_dir)} (latest) and '
+                   f'{checkpointing.saved_steps(best_dir)} (best)')

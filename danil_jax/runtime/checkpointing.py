@@ -57,7 +57,7 @@ def make_manager(workdir, *, max_to_keep: int) -> ocp.CheckpointManager:
                     max_to_keep=max_to_keep)
 
 
-def steps(directory) -> list[int]:
+def saved_steps(directory) -> list[int]:
   """The steps of the complete checkpoints in `directory`, ascending ([] if
   there is none, or no directory): orbax leaves out a save in progress."""
   return sorted(ocp.utils.checkpoint_steps(absolute_path(directory)))
