@@ -18,7 +18,6 @@ from danil_jax.runtime import checkpointing
 from danil_jax.runtime import multihost
 
 BEST_DIR = 'checkpoints_best'
-LATEST_DIR = 'checkpoints'
 
 def _mode(metric: str) -> str:
   return 'min' if metric in metrics_lib.LOWER_IS_BETTER else 'max'
@@ -27,17 +26,15 @@ def make_manager(workdir: str, metric: str, *,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """The manager of the best checkpoint by `metric`."""
   worst = math.inf if _mode(metric) == 'min' else -math.inf
-  return ocp.CheckpointManager(
-      checkpointing.absolute_path(workdir) / BEST_DIR,
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=1, create=not read_only, read_only=read_only,
-          # Synchronous: orbax reads a save's value back from disk, where an
-          # asynchronous save still in flight has not put it yet (None, which
-          # any value beat). One save per improving epoch at most.
-          enable_async_checkpointing=False,
-          best_fn=lambda m: worst if m['value'] is None else m['value'],
-          best_mode=_mode(metric)),
-      item_handlers=dict(state=ocp.StandardCheckpointHandler()))
+  return checkpointing.manager_at(
+      checkpointing.absolute_path(workdir) / BEST_DIR, read_only=read_only,
+      max_to_keep=1,
+      # Synchronous: orbax reads a save's value back from disk, where an
+      # asynchronous save still in flight has not put it yet (None, which
+      # any value beat). One save per improving epoch at most.
+      enable_async_checkpointing=False,
+      best_fn=lambda m: worst if m['value'] is None else m['value'],
+      best_mode=_mode(metric))
 
 def best_so_far(manager: ocp.CheckpointManager):
   """(step, value) of the kept checkpoint, or (None, None)."""
@@ -66,38 +63,25 @@ def maybe_save(manager: ocp.CheckpointManager, metric: str, step: int,
   value, better, save = multihost.chiefs_value(
       'best_checkpoint', [value, better, better and step != best_step])
   if save:
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_tree)),
-                 metrics={'value': value}, force=True)
+    checkpointing.save(manager, step, state_tree, metrics={'value': value})
   return better
 
 def restore_state(directory: str, step: int, state_tree):
   """The train-state item of checkpoint `step` in `directory` (either
   manager's), restored with the structure and shardings of `state_tree`."""
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers=dict(state=ocp.StandardCheckpointHandler()))
-  try:
+  with checkpointing.manager_at(directory, read_only=True) as manager:
     if step not in manager.all_steps():
       raise ValueError(f'{directory} has no checkpoint of step {step}; it has '
                        f'{sorted(manager.all_steps())}')
     return checkpointing.restore_step(manager, step, state_tree)
-  finally:
-    manager.close()
 
 def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
   """(directory, step) of 'best', 'last' or a step number of the run."""
   workdir = checkpointing.absolute_path(workdir)
-  latest_dir, best_dir = workdir / LATEST_DIR, workdir / BEST_DIR
-
-  def steps_in(directory):
-    if not directory.is_dir():
-      return []
-    return sorted(int(p.name) for p in directory.iterdir()
-                  if p.name.isdigit())
-
+  latest_dir = workdir / checkpointing.LATEST_DIR
+  best_dir = workdir / BEST_DIR
   if which == 'best':
-    steps = steps_in(best_dir)
+    steps = checkpointing.saved_steps(best_dir)
     if not steps:
       raise ValueError(
           f'{workdir} has no best checkpoint ({best_dir} is empty or absent): '
@@ -105,7 +89,7 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
           '--checkpoint=last')
     return str(best_dir), steps[-1]
   if which == 'last':
-    steps = steps_in(latest_dir)
+    steps = checkpointing.saved_steps(latest_dir)
     if not steps:
       raise ValueError(f'{workdir} has no checkpoint in {latest_dir}')
     return str(latest_dir), steps[-1]
@@ -115,8 +99,8 @@ def find_checkpoint(workdir: str, which: str) -> tuple[str, int]:
     raise ValueError(f"--checkpoint must be 'best', 'last' or a step number, "
                      f'got {which!r}') from None
   for directory in (latest_dir, best_dir):
-    if step in steps_in(directory):
+    if step in checkpointing.saved_steps(directory):
       return str(directory), step
   raise ValueError(f'{workdir} has no checkpoint of step {step}; it has '
-                   f'{steps_in(latest_dir)} (latest) and {steps_in(best_dir)} '
-                   '(best)')
+                   f'{checkpointing.saved_steps(latest_dir)} (latest) and '
+                   f'{checkpointing.saved_steps(best_dir)} (best)')

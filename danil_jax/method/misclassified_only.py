@@ -1,47 +1,33 @@
 """DANIL's double backprop over the misclassified images only (opt-in).
 
-Ld (Eq. 5) is zero for a correctly classified image, and late in training
-most are. In the exact loss (`losses.danil_loss`) every image's map
+Ld (Eq. 5) is zero for a correctly classified image. The exact loss
+(`losses.danil_loss`) still needs the whole batch: each image's map
 A+ - A- (Eq. 2) is an input VJP through the train-mode forward, whose
-BatchNorm statistics couple the images of the batch: the maps, and the
-double backprop through them, need the whole batch.
+BatchNorm statistics couple the images of the batch.
 
-This mode (`config.danil.misclassified_only`,
-`steps.train_step(misclassified_only=True)`) takes each image's maps with
-the BatchNorm statistics held constant, the running ones (an eval-mode
-forward: Eq. 2 for one image x0, no dropout), so the maps are per image
-and only the misclassified images need them. Those are gathered into the
-smallest of a few static capacity buckets (B/8, B/4, B/2, B) that holds
-them all, chosen with `lax.switch` from the count (none: no double backprop
-at all), and the input VJP and its reverse run over that bucket only. The
-cross-entropy L+c (Eq. 3) and the BatchNorm updates come from the usual
-train-mode forward.
-Both readings of Ld on a batch (`reduction`, `losses.danil_loss`) need the
-misclassified images' maps only: a correct image's map is zero. With
-`map_dtype='float32'` (`steps.train_step`) the maps' forward, input VJP and
-double backprop run through a float32 copy of the model, whatever the
-compute dtype of L+c.
+This mode (`config.danil.misclassified_only = True`,
+`steps.train_step(misclassified_only=True)`) takes each image's maps through
+a forward with fixed BatchNorm statistics, the running ones (the eval-mode
+forward: Eq. 2 for one image x0, no dropout), so the maps are per image and
+only the misclassified images need them. Those are gathered into the
+smallest of a few static capacity buckets (`BUCKET_FRACTIONS` of the batch)
+that holds them all, chosen with `lax.switch` from their count (none: no
+double backprop at all), and the input VJP and its reverse run over that
+bucket only. The cross-entropy L+c (Eq. 3) and the BatchNorm updates come
+from the usual train-mode forward. Both readings of Ld on a batch
+(`reduction`, `losses.danil_loss`) need the misclassified images' maps only:
+a correct image's map is zero. With `map_dtype='float32'`
+(`steps.train_step`) the maps' forward, input VJP and double backprop run
+through a float32 copy of the model, whatever the compute dtype of L+c.
 
-Running statistics rather than the batch's under stop-gradient was chosen by
-argument (no batch is needed for one image's map; they are what the model
-is evaluated with), then measured (`benchmarks/mode_statistics.py`,
-benchmarks/README.md: demo model, 15 checkpoints of an exact-DANIL run, 4
-training batches each). Neither keeps the exact loss's Ld gradient: its
-cosine with the exact dLd/dparams averages 0.02 (running) and 0.06 (batch)
-in the 'batch' reading, 0.19 and 0.26 in 'per_image' (at most 0.45), while
-the exact gradient of one batch has cosine 0.85 / 0.74 with the next
-batch's. With the batch's statistics the forward values are the exact
-loss's, so all that separates the two is the derivative through the
-statistics: that part dominates the exact gradient, and any per-image map
-must drop it. The batch's statistics keep Ld's value (0.84-0.97 of the
-exact in 'batch', 0.70-0.97 in 'per_image'; running 0.59-1.88) and the
-pseudo label y- in the map forward (all images; running 16-97%, lagging
-early), and their gradient is slightly closer (higher cosine at 14/15 and 15/15 checkpoints): they are the
-recommended follow-up (`config.danil.map_statistics`, not implemented).
-Either way this mode is another loss, not an approximation of the exact
-one, which stays the default. At the default lam = 1e-5 ('batch') the
-combined update g_ce + lam g_d kept a cosine >= 0.998 with the exact one
-on this run, with either choice.
+The mode is another loss, not an approximation of the exact one, which
+stays the default: the derivative through the batch statistics, which any
+per-image map drops, carries most of the exact Ld gradient. Use it where a
+step's cost matters and few images are misclassified (late in training,
+fine-tuning), as its cost follows the bucket; early, when most images are
+wrong and the running statistics lag the batch's, it costs more than the
+exact loss. benchmarks/README.md has the measurements (step costs, and the
+running against the batch's statistics for the maps).
 """
 
 import math

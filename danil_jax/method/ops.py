@@ -58,10 +58,10 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # config.model.conv_rules: 'custom' (the rules here), 'stock' (JAX's) or
 # 'auto', what benchmarks/README.md measured fastest on this backend.
 CONV_RULES = ('auto', 'custom', 'stock')
-# Backends whose DANIL step was measured faster with the custom rules: this
-# CPU (resnet50 224/b8: 9.3 s stock vs 4.4 s, issue 14) and the H200 (2.92x
-# vs 2.38x plain in fp32, 4.75x vs 2.31x in bf16). Never measured (TPU, and
-# any other): 'stock'.
+# Backends whose DANIL step was measured faster with the custom rules
+# (benchmarks/README.md): a 2-core CPU (resnet50 224/b8: 9.3 s stock vs
+# 4.4 s) and the H200 (2.92x vs 2.38x plain in fp32, 4.75x vs 2.31x in
+# bf16). Never measured (TPU, and any other): 'stock'.
 _CUSTOM_MEASURED_FASTER = ('cpu', 'gpu')
 
 FORWARD_MODE_HINT = (
@@ -201,9 +201,9 @@ def conv_input_grad(g, w, input_hw, strides, pads, groups=1, precision=None):
   pad of `g` pay s*s times as many on the zeros; the derivatives of a
   stride-1 conv and an interleave are again stride-1 convs and slices.
 
-  Off the CPU, strided convs keep the form measured on the H200 (issue 5's
-  first version): `g` dilated by an interior pad, then one stride-1 full
-  correlation; the polyphase form has not run on a GPU.
+  Off the CPU, strided convs take the form measured on the H200: `g`
+  dilated by an interior pad, then one stride-1 full correlation; the
+  polyphase form has not run on a GPU.
   """
   if all(s == 1 for s in strides) or not weight_grads.cpu_rules():
     # Per axis: low = K-1-pl, high = N + pl - 1 - (M-1)s (negative crops).

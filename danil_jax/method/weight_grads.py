@@ -1,4 +1,4 @@
-"""Weight gradients of NHWC/HWIO convs in forms XLA runs fast (issue 5).
+"""Weight gradients of NHWC/HWIO convs in forms XLA runs fast.
 
 dw[a, b, i, o] = sum_{n, m} xpad[n, a + m*s, i] g[n, m, o] is needed twice
 per conv in a plain step's backward and again in DANIL's double backprop

@@ -84,8 +84,8 @@ register(ModelInfo(
     mean=IMAGENET_MEAN, std=IMAGENET_STD, torch_reference='',
     head=('head',)))
 
-# ImageNet backbones mirroring torchvision/timm models (issue 3). A `head`
-# entry may be a '/'-joined path into `params` (VGG's last Linear is nested).
+# ImageNet backbones mirroring torchvision/timm models. A `head` entry may
+# be a '/'-joined path into `params` (VGG's last Linear is nested).
 register(ModelInfo(
     name='resnet50', build=resnet.resnet50, input_size=224,
     mean=IMAGENET_MEAN, std=IMAGENET_STD,

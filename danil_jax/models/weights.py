@@ -22,6 +22,7 @@ import os
 from typing import Any, Mapping
 import zipfile
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,27 +54,14 @@ def _check_arch(arch: str) -> None:
 # ---------------------------------------------------------------- flat trees
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Nested dict -> {'a/b/c': leaf}."""
-  out = {}
-  for k, v in tree.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, Mapping):
-      out.update(flatten(v, key + '/'))
-    else:
-      out[key] = v
-  return out
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """Nested dict -> {'a/b/c': leaf}, depth first: the keys of variables.npz."""
+  return traverse_util.flatten_dict(tree, sep='/')
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for key, v in flat.items():
-    *parents, leaf = key.split('/')
-    node = out
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+  """{'a/b/c': leaf} -> nested dict (`flatten`'s inverse)."""
+  return traverse_util.unflatten_dict(dict(flat), sep='/')
 
 
 def expected_shapes(arch: str, num_classes: int) -> dict[str, tuple]:

@@ -1,13 +1,17 @@
 """Orbax checkpoints of the whole run: the train state and its RNG.
 
 Each checkpoint holds the parameters, BatchNorm statistics, optimiser state,
-step and RNG key, and the weight EMA where the run keeps one (ema.py). The input position follows from the step
-(input_pipeline.train_loader), so rerunning the same command resumes exactly
-where the last checkpoint left off, on any number of hosts: orbax restores
-every array onto the shardings of the given state. Orbax writes into a
-temporary directory and renames it when complete: a run killed mid-save
-leaves the previous checkpoint as the latest. The workdir may be any path
-etils.epath handles (a local disk, `gs://...`).
+step and RNG key, and the weight EMA where the run keeps one (ema.py). The
+input position follows from the step (input_pipeline.train_loader), so
+rerunning the same command resumes exactly where the last checkpoint left
+off, on any number of hosts: orbax restores every array onto the shardings
+of the given state. Orbax writes into a temporary directory and renames it
+when complete: a run killed mid-save leaves the previous checkpoint as the
+latest. The workdir may be any path etils.epath handles (a local disk,
+`gs://...`).
+
+Every manager, of the latest checkpoints (`make_manager`) and of the best
+one (evaluation/best_checkpoint.py), comes from `manager_at`.
 """
 
 import sys
@@ -28,17 +32,43 @@ def absolute_path(path) -> epath.Path:
   return path if path.is_absolute() else path.resolve()
 
 
-def make_manager(workdir, *, max_to_keep: int) -> ocp.CheckpointManager:
+# The run's latest checkpoints, those a rerun resumes from, under the workdir.
+LATEST_DIR = 'checkpoints'
+
+
+def manager_at(directory, *, read_only: bool = False,
+               **options) -> ocp.CheckpointManager:
+  """The orbax manager of the checkpoints in `directory`, each holding a
+  train state tree as its item 'state' (`save`, `restore_step`).
+
+  `options` are further `ocp.CheckpointManagerOptions` (max_to_keep,
+  best_fn, ...). A read-only manager neither creates nor deletes anything.
+  """
   return ocp.CheckpointManager(
-      absolute_path(workdir) / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           create=True),
+      absolute_path(directory),
+      options=ocp.CheckpointManagerOptions(
+          create=not read_only, read_only=read_only, **options),
       item_handlers=dict(state=ocp.StandardCheckpointHandler()))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state_tree) -> None:
+def make_manager(workdir, *, max_to_keep: int) -> ocp.CheckpointManager:
+  """The manager of the run's latest checkpoints, `WORKDIR/checkpoints`."""
+  return manager_at(absolute_path(workdir) / LATEST_DIR,
+                    max_to_keep=max_to_keep)
+
+
+def saved_steps(directory) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, ascending ([] if
+  there is none, or no directory): orbax leaves out a save in progress."""
+  return sorted(ocp.utils.checkpoint_steps(absolute_path(directory)))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state_tree, *,
+         metrics: dict | None = None) -> None:
+  """Saves `state_tree` as checkpoint `step`, with `metrics` for the
+  manager's best_fn where it keeps the best."""
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state_tree)), force=True)
+      state=ocp.args.StandardSave(state_tree)), metrics=metrics, force=True)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state_tree):

@@ -29,6 +29,7 @@ from typing import Any
 
 from absl import logging
 from etils import epath
+from flax import traverse_util
 import ml_collections
 
 CONFIG_FILE = 'config.json'
@@ -73,15 +74,9 @@ class ConfigChanged(ValueError):
   """A rerun's config changes keys that change the result of the run."""
 
 
-def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+def flatten(tree: dict) -> dict[str, Any]:
   """Nested dicts -> {'a.b.c': leaf} (lists and scalars are leaves)."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(flatten(value, f'{prefix}{key}.' if isinstance(value, dict)
-                       else f'{prefix}{key}'))
-  return out
+  return traverse_util.flatten_dict(tree, sep='.')
 
 
 def as_plain(config: ml_collections.ConfigDict) -> dict:

@@ -117,6 +117,13 @@ class ScalarWriter:
   """Appends scalar events; on resume, hides the old events past the
   checkpoint (a SessionLog START makes TensorBoard purge later steps)."""
 
+  # tensorboard's EventFileWriter takes Event protos, and a `simple_value`
+  # summary is what its scalar dashboard reads without TensorFlow.
+  # tensorboard.summary.Writer (experimental) writes tensor summaries
+  # instead; tensorboardX rewrites tags with spaces (a class named
+  # 'No Finding'), gives two writers started within a second one file, and
+  # imports torch wherever torch is installed.
+
   def __init__(self, workdir: str, *, enabled: bool = True,
                start_step: int = 0):
     self.enabled = enabled

@@ -193,6 +193,8 @@ def test_best_checkpoint_keeps_the_best_across_restarts(tmp_path, metric,
 def test_find_checkpoint_tells_best_from_last(tmp_path):
   (tmp_path / 'checkpoints' / '7').mkdir(parents=True)
   (tmp_path / 'checkpoints' / '9').mkdir()
+  # A save still in progress (orbax renames it to '11' once complete).
+  (tmp_path / 'checkpoints' / '11.orbax-checkpoint-tmp-1').mkdir()
   (tmp_path / 'checkpoints_best' / '3').mkdir(parents=True)
   latest, best = str(tmp_path / 'checkpoints'), str(tmp_path /
                                                     'checkpoints_best')
@@ -227,7 +229,8 @@ def test_tensorboard_events_read_back_and_resume_purges(tmp_path):
   for step in (1, 2, 3, 4):
     writer.write(dict(kind='train', step=step, loss=1.0 / step, ce=0.5))
   writer.write(dict(kind='eval', step=4, split='validation', epoch=1.0,
-                    macro_f1=0.25, per_class_f1={'a': 0.5, 'b': None},
+                    macro_f1=0.25,
+                    per_class_f1={'a': 0.5, 'b': None, 'No Finding': 0.75},
                     confusion_matrix=[[1, 2]], patient_auroc=None))
   writer.close()
   events = _read_events(str(tmp_path / 'tensorboard'))
@@ -235,6 +238,8 @@ def test_tensorboard_events_read_back_and_resume_purges(tmp_path):
                                   for s in (1, 2, 3, 4)]
   assert events['validation/macro_f1'] == [(4, 0.25)]
   assert events['validation/per_class_f1/a'] == [(4, 0.5)]
+  # A class name is the tag's last part as it is, spaces and all.
+  assert events['validation/per_class_f1/No Finding'] == [(4, 0.75)]
   assert 'validation/patient_auroc' not in events
   assert 'validation/per_class_f1/b' not in events
   # Resumed from step 2: steps 3 and 4 are written again; TensorBoard shows
