@@ -155,10 +155,7 @@ def restore_weights(directory: str, step: int, mesh) -> dict:
   one), replicated over `mesh`; shapes and dtypes from the checkpoint's own
   metadata, so no model is initialised and no optimiser built.
   """
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True,
-                                                      create=False),
-      item_handlers=dict(state=ocp.StandardCheckpointHandler()))
+  manager = checkpointing.manager_at(directory, read_only=True)
   try:
     # Every array of the checkpoint, as saved (orbax restores a whole item):
     # the optimiser state comes along, read and dropped.

@@ -118,7 +118,7 @@ def danil_loss(
   batch reading 1/(0 + eps) would be a constant with zero gradient but would
   report a loss of 1/eps, so it is set to 0 as Algorithm 1 line 11 does per
   image. Such a batch still pays for the double backprop;
-  `steps.train_step(skip_correct=True)` skips it at the step level.
+  the train step with `skip_correct=True` (trainer/train_step.py) skips it at the step level.
   """
   if reduction not in REDUCTIONS:
     raise ValueError(f'danil_loss reduction must be one of {REDUCTIONS}, got '

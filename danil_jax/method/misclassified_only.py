@@ -5,8 +5,8 @@ Ld (Eq. 5) is zero for a correctly classified image. The exact loss
 A+ - A- (Eq. 2) is an input VJP through the train-mode forward, whose
 BatchNorm statistics couple the images of the batch.
 
-This mode (`config.danil.misclassified_only = True`,
-`steps.train_step(misclassified_only=True)`) takes each image's maps through
+This mode (`config.danil.misclassified_only = True`, a form of the train
+step in trainer/train_step.py) takes each image's maps through
 a forward with fixed BatchNorm statistics, the running ones (the eval-mode
 forward: Eq. 2 for one image x0, no dropout), so the maps are per image and
 only the misclassified images need them. Those are gathered into the
@@ -17,7 +17,7 @@ bucket only. The cross-entropy L+c (Eq. 3) and the BatchNorm updates come
 from the usual train-mode forward. Both readings of Ld on a batch
 (`reduction`, `losses.danil_loss`) need the misclassified images' maps only:
 a correct image's map is zero. With `map_dtype='float32'`
-(`steps.train_step`) the maps' forward, input VJP and double backprop run
+(trainer/train_step.py) the maps' forward, input VJP and double backprop run
 through a float32 copy of the model, whatever the compute dtype of L+c.
 
 The mode is another loss, not an approximation of the exact one, which

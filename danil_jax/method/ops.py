@@ -19,7 +19,7 @@ JAX's stock rules make that second pass slow on CPU:
   derivative is a handful of strided slices.
 * Weight gradients take the forms of `danil_jax.method.weight_grads` (on the CPU
   one matrix product over an unfolded operand), also inside `lax.cond`
-  branches (`steps.train_step(skip_correct=True)`). Every undilated NHWC
+  branches (the train step with `skip_correct=True` (trainer/train_step.py)). Every undilated NHWC
   conv takes the custom rule (stride 1 too) for that reason.
 
 The CPU remedies (polyphase and space-to-depth input gradients, unfolded

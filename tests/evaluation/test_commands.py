@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
@@ -87,6 +88,23 @@ def test_best_checkpoint_is_the_epoch_with_the_highest_validation_metric(
   assert final['model'] == 'last' and final['step'] == 12
   assert final['split'] == final['best']['split'] == 'test'
   assert final['num_examples'] == final['best']['num_examples'] == 800
+
+
+def test_a_loaded_run_has_the_checkpoints_weights_and_no_optimiser(demo_run):
+  """trained_run.load restores params and BatchNorm statistics from the
+  checkpoint's own metadata: equal to orbax's restore of the whole item
+  without any target, and no optimiser state is kept."""
+  workdir, _ = demo_run
+  run = trained_run.load(workdir, 'last')
+  saved = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(run.step), 'state'))
+  assert 'opt_state' in saved and not hasattr(run.state, 'opt_state')
+  for name in ('params', 'batch_stats'):
+    got, want = getattr(run.state, name), saved[name]
+    assert jax.tree.structure(got) == jax.tree.structure(want), name
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert a.dtype == b.dtype
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_evaluate_reproduces_the_runs_final_metrics(demo_run):

@@ -41,6 +41,10 @@ CASES = {
         ('-m', 'danil_jax.paper', '--workdir=/tmp/unused',
          '--config.danil.lamda=1'), 'the nearest is --config.danil.lam'),
     'no workdir': (DEMO, '--workdir is required'),
+    'removed key': (DEMO + ('--workdir=/tmp/unused',
+                            '--config.faults.preemption_sync_every_steps=5'),
+                    '--config.faults.preemption_sync_every_steps no longer '
+                    "exists: every step asks JAX's preemption sync point"),
 }
 
 

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from danil_jax.runtime import multihost
 
@@ -65,6 +66,23 @@ def test_one_step_is_the_same_on_1_and_4_devices(tmp_path):
 def test_batch_size_must_divide_over_devices():
   mesh = multihost.make_mesh()
   assert multihost.per_process_batch_size(8, mesh) == 8
+
+
+@pytest.mark.parametrize('global_batch_size, process_count',
+                         [(8, 1), (8, 2), (12, 4), (48, 3)])
+def test_the_hosts_slices_tile_the_global_batch(global_batch_size,
+                                                process_count):
+  rows = [list(range(global_batch_size))[multihost.host_slice(
+      global_batch_size, process_index=p, process_count=process_count)]
+          for p in range(process_count)]
+  assert sum(rows, []) == list(range(global_batch_size))
+  assert {len(r) for r in rows} == {global_batch_size // process_count}
+
+
+def test_a_batch_the_processes_cannot_share_is_named():
+  with pytest.raises(ValueError, match='10 is not divisible by the number '
+                                       'of processes 4'):
+    multihost.host_slice(10, process_index=0, process_count=4)
 
 
 def test_batch_sizes_that_do_not_split_over_devices_are_named(tmp_path):
