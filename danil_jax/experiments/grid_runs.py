@@ -10,7 +10,8 @@ seeds; danil_jax.paper: data sets x backbones x methods x seeds) do alike:
   that only observe it (`INCIDENTAL`) and the sections of the methods it
   does not read (comparison.METHOD_SECTIONS); a key on one side only
   (another danil-jax version) is not compared, as run_config.pin logs it;
-- `parse_value` turns the command line's `key=text` into the key's type;
+- `parse_value` turns the command line's `key=text` into the key's type,
+  `parent_and_name` finds the dotted key it sets;
 - `final_metrics` reads a finished run's scalar metrics, `finished_report`
   those of a finished run that is the one asked for;
 - `train` trains one run, `announce` says so from process 0 alone.
