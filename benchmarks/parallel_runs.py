@@ -9,7 +9,7 @@
 many cores (or one GPU that small models leave mostly idle) that wastes it.
 This starts `python -m danil_jax.main` for each (seed, plan line, sweep
 point, method), `--jobs` at a time, into the directory `compare` would use
-(`compare.run_dir`), so `compare --only_finished` with the same methods,
+(`grid_runs.run_dir`), so `compare --only_finished` with the same methods,
 seeds and sweep summarises them afterwards. Seeds are the outer loop: if
 `--deadline_s` stops the launching early, the finished runs cover every
 method of the first seeds rather than some methods of all. Runs still going
@@ -41,16 +41,19 @@ def parse_seeds(text: str) -> list[int]:
 
 def jobs(config, workdir: str, seeds, plan: list[str]):
   """[(run directory, main.py overrides)] in launch order, each run once."""
-  from danil_jax import compare  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from danil_jax.experiments import compare_grid
   from danil_jax.experiments import comparison
+  from danil_jax.experiments import grid_runs
+  # pylint: enable=g-import-not-at-top
   ordered, seen = [], set()
   for seed in seeds:
     for line in plan:
       methods, _, sweep_text = line.partition('|')
-      sweep = compare.parse_sweep([sweep_text], config)
-      for point in compare.grid(sweep):
+      sweep = compare_grid.parse_sweep([sweep_text], config)
+      for point in compare_grid.grid(sweep):
         for method in methods.split(','):
-          directory = compare.run_dir(workdir, method, seed, point)
+          directory = grid_runs.run_dir(workdir, method, seed, point)
           if directory in seen:
             continue
           seen.add(directory)

@@ -6,27 +6,32 @@ The trainer redraws `WORKDIR/curves.png` after every evaluation; this draws
 it for any run (the panels: danil_jax.evaluation.plots.plot_curves).
 """
 
-import argparse
-
+from absl import app
+from absl import flags
 from etils import epath
 
 from danil_jax.evaluation import plots
+from danil_jax.runtime import cli
 from danil_jax.runtime import run_log
 
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'The run directory: draws WORKDIR/curves.png from '
+    'WORKDIR/metrics.jsonl.')
+flags.mark_flag_as_required('workdir')
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      prog='python -m danil_jax.plots',
-      description='Draws WORKDIR/curves.png from WORKDIR/metrics.jsonl.')
-  parser.add_argument('--workdir', required=True, help='run directory')
-  workdir = parser.parse_args(argv).workdir
-  records = run_log.MetricsLog(workdir).read()
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  workdir = _WORKDIR.value
+  metrics_log = run_log.MetricsLog(workdir)
+  records = metrics_log.read()
   if not records:
-    parser.error(f'no metrics in {epath.Path(workdir) / "metrics.jsonl"}')
+    raise app.UsageError(f'no metrics in {metrics_log.path}')
   path = plots.plot_curves(records, epath.Path(workdir) / plots.CURVES_FILE,
                            title=workdir)
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

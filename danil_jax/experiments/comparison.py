@@ -21,6 +21,7 @@ import numpy as np
 from danil_jax.evaluation import map_distance
 from danil_jax.experiments import paired_stats
 from danil_jax.experiments import paper_numbers
+from danil_jax.method import registry
 
 METRICS = ('macro_f1', 'accuracy')
 # Summarised like METRICS where every seed's run has them (ece_calibrated and
@@ -32,8 +33,6 @@ MAP_DISTANCE = map_distance.SCALARS
 OPTIONAL = CALIBRATION + MAP_DISTANCE
 # Read from each DANIL run's metrics.jsonl: whether the term acts at all.
 DIAGNOSTICS = ('distraction_grad_ratio', 'distraction_grad_share')
-# Config sections only one method reads.
-METHOD_SECTIONS = ('danil', 'ohem')
 CONTROL = paper_numbers.CONTROL
 
 
@@ -41,7 +40,8 @@ def applies(key: str, method: str) -> bool:
   """Whether config `key` can change a `method` run (the control's lam is
   fixed at 0, so no `danil.*` key is swept for it)."""
   section = key.split('.')[0]
-  return section not in METHOD_SECTIONS or section == method
+  own = registry.METHODS[method].section if method in registry.METHODS else ''
+  return section not in registry.sections() or section == own
 
 
 def set_method(config, method: str) -> None:

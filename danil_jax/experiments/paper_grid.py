@@ -1,15 +1,16 @@
 """The paper command's grid: one config per data set x backbone x method x seed.
 
 Each data set's config is `configs/<dataset>.py` with the command line's
-overrides (`parse_value`, `apply_overrides`, `parse_dataset_overrides`); the
-grid then sets the model, ImageNet weights, method and seed of each `Run`.
+overrides (`apply_overrides`, `parse_dataset_overrides`); the grid then sets
+the model, ImageNet weights, method and seed of each `Run`. paper_runs checks,
+trains and reads the runs.
 """
 
-import ast
 import importlib
 import os
 
 from danil_jax.experiments import comparison
+from danil_jax.experiments import grid_runs
 from danil_jax.experiments import paper_numbers as pn
 
 # Keys the grid sets, and keys that only make sense per data set.
@@ -17,7 +18,6 @@ GRID_KEYS = ('method', 'seed', 'model.name', 'model.pretrained',
              'dataset.name')
 PER_DATASET_KEYS = ('dataset.num_classes', 'dataset.manual_dir',
                     'dataset.builder_config')
-FINAL_METRICS = 'final_metrics.json'
 
 
 def dataset_config(name: str):
@@ -27,36 +27,16 @@ def dataset_config(name: str):
     raise ValueError(f'no configs/{name}.py for data set {name!r}') from None
 
 
-def parse_value(text: str, current, key: str):
-  """A command-line string as the type of the config field it replaces."""
-  try:
-    if isinstance(current, bool):
-      if text.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(text)
-      return text.lower() in ('true', '1')
-    if isinstance(current, (int, float)):
-      return type(current)(text)
-    if isinstance(current, (tuple, list)):
-      value = ast.literal_eval(text)
-      return type(current)(value if isinstance(value, (tuple, list))
-                           else (value,))
-    return text
-  except (ValueError, SyntaxError):
-    raise ValueError(f'{key}={text!r}: expected a {type(current).__name__}'
-                     ) from None
-
-
 def apply_overrides(config, overrides: dict, where: str) -> None:
   """Sets dotted `key: value` pairs; a key `config` lacks is an error."""
   for key, value in overrides.items():
-    node, *path = [config] + key.split('.')
-    for part in path[:-1]:
-      node = node.get(part) if hasattr(node, 'get') else None
-    if not hasattr(node, 'get') or path[-1] not in node:
-      raise ValueError(f'{where}: no config key {key!r}')
-    if isinstance(value, str) and not isinstance(node[path[-1]], str):
-      value = parse_value(value, node[path[-1]], key)
-    node[path[-1]] = value
+    try:
+      parent, name = grid_runs.parent_and_name(config, key)
+    except KeyError:
+      raise ValueError(f'{where}: no config key {key!r}') from None
+    if isinstance(value, str) and not isinstance(parent[name], str):
+      value = grid_runs.parse_value(value, parent[name], key)
+    parent[name] = value
 
 
 def parse_dataset_overrides(items, datasets) -> dict[str, dict]:
@@ -82,17 +62,15 @@ class Run:
   def __init__(self, dataset, backbone, method, seed, workdir, config):
     self.dataset, self.backbone, self.method = dataset, backbone, method
     self.seed, self.config = seed, config
-    # As danil_jax.compare names its runs (that module defines flags, so
-    # cannot be imported by another command).
-    self.workdir = os.path.join(workdir, dataset, backbone,
-                                f'{method}_seed{seed}')
+    self.workdir = grid_runs.run_dir(os.path.join(workdir, dataset, backbone),
+                                     method, seed)
 
   @property
   def key(self):
     return (self.dataset, self.backbone, self.method)
 
   def finished(self) -> bool:
-    return os.path.isfile(os.path.join(self.workdir, FINAL_METRICS))
+    return os.path.isfile(os.path.join(self.workdir, grid_runs.FINAL_METRICS))
 
 
 def plan(workdir: str, *, datasets, backbones, methods, seeds,

@@ -14,6 +14,8 @@ from danil_jax.evaluation import scoring
 from danil_jax.runtime import ema
 from danil_jax.trainer import train_step as train_step_lib
 
+FILE = 'final_metrics.json'  # in the workdir: the report as JSON
+
 
 def score(run, eval_step, state, split: str, *, tta: str = 'none',
            weights: str | None = None, calibrated: bool = False):
@@ -56,7 +58,7 @@ def _final(run, state, step: int, *, reuse=None,
               weights=weights or run.weights)
 
 
-def evaluate(run, state, last_epoch: dict | None, best_manager):
+def score_models(run, state, last_epoch: dict | None, best_manager):
   """({'last': scores[, 'last_<other weights>': ...][, 'best': ...]} on
   eval_split, the best model's select_by value or None).
 
@@ -115,7 +117,7 @@ def write(run, finals: dict, best_value, tensorboard) -> None:
                          select_by=run.select_by,
                          selection_value=best_value,
                          **finals['best']['report'])
-  (run.workdir / 'final_metrics.json').write_text(json.dumps(final, indent=2))
+  (run.workdir / FILE).write_text(json.dumps(final, indent=2))
   for name, scored in finals.items():
     chosen = (f', best {run.val_split} {run.select_by}'
               if name == 'best' else '')

@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                  gradient_share, outputs, preemption)
 
     # --------------------------------------------------------------- report --
-    finals, best_value = final_report.evaluate(run, state, last_epoch,
+    finals, best_value = final_report.score_models(run, state, last_epoch,
                                                outputs.best_manager)
     if run.is_chief:
       final_report.write(run, finals, best_value, outputs.tensorboard)

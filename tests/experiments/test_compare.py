@@ -10,8 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from danil_jax import compare
+from danil_jax.experiments import compare_grid
 from danil_jax.experiments import comparison
+from danil_jax.experiments import grid_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 
@@ -163,16 +164,16 @@ def _config():
 
 
 def test_sweep_parses_keys_values_and_types():
-  sweep = compare.parse_sweep(
+  sweep = compare_grid.parse_sweep(
       ['danil.lam=1e-5,1e-1;num_epochs=1,2', 'optim.nesterov=true'], _config())
   assert sweep == [('danil.lam', [('1e-5', 1e-5), ('1e-1', 0.1)]),
                    ('num_epochs', [('1', 1), ('2', 2)]),
                    ('optim.nesterov', [('true', True)])]
   assert isinstance(sweep[0][1][0][1], float)
-  points = compare.grid(sweep)
+  points = compare_grid.grid(sweep)
   assert len(points) == 4
-  assert len({compare.point_label(p) for p in points}) == 4
-  assert compare.grid([]) == [()]
+  assert len({compare_grid.point_label(p) for p in points}) == 4
+  assert compare_grid.grid([]) == [()]
 
 
 @pytest.mark.parametrize('text,message', [
@@ -186,16 +187,16 @@ def test_sweep_parses_keys_values_and_types():
 ])
 def test_sweep_rejects_bad_input_naming_the_key(text, message):
   with pytest.raises(ValueError, match=message):
-    compare.parse_sweep([text], _config())
+    compare_grid.parse_sweep([text], _config())
 
 
 def test_run_dirs_name_only_the_keys_that_change_the_method():
   point = (('danil.lam', '1e-3', 1e-3), ('optim.learning_rate', '0.1', 0.1))
-  assert compare.run_dir('w', 'danil', 3, point) == os.path.join(
+  assert grid_runs.run_dir('w', 'danil', 3, point) == os.path.join(
       'w', 'danil_danil.lam=1e-3_optim.learning_rate=0.1_seed3')
-  assert compare.run_dir('w', 'base', 3, point) == os.path.join(
+  assert grid_runs.run_dir('w', 'base', 3, point) == os.path.join(
       'w', 'base_optim.learning_rate=0.1_seed3')
-  assert compare.run_dir('w', 'ohem', 3) == os.path.join('w', 'ohem_seed3')
+  assert grid_runs.run_dir('w', 'ohem', 3) == os.path.join('w', 'ohem_seed3')
 
 
 def _sweep_command(work, data):
@@ -240,7 +241,7 @@ def test_sweep_trains_every_combination_once_and_reuses_them(tmp_path):
     assert danil['macro_f1']['minus_base']['mean'] == pytest.approx(
         danil['macro_f1']['values'][0] - base_f1)
     assert danil['distraction_grad_ratio']['mean'] > 0
-  assert (work / compare.SWEEP_PLOT).stat().st_size > 0
+  assert (work / compare_grid.SWEEP_PLOT).stat().st_size > 0
 
   stamps = {p: p.stat().st_mtime_ns for p in work.glob('*/final_metrics.json')}
   again = subprocess.run(_sweep_command(work, data), cwd=REPO,
@@ -267,18 +268,19 @@ def test_sweep_trains_every_combination_once_and_reuses_them(tmp_path):
 def test_finished_report_only_for_the_same_config(tmp_path):
   config = _config()
   (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  assert compare.finished_report(str(tmp_path), config) is None  # unfinished
+  # Unfinished.
+  assert grid_runs.finished_report(str(tmp_path), config) is None
   (tmp_path / 'final_metrics.json').write_text('{"macro_f1": 0.5}')
-  assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
+  assert grid_runs.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
   config.danil.lam = 1e-3
-  assert compare.finished_report(str(tmp_path), config) is None
+  assert grid_runs.finished_report(str(tmp_path), config) is None
   # A base run does not read danil.*: the same run whatever that holds.
   config.method = 'base'
   (tmp_path / 'config.json').write_text(config.to_json_best_effort())
   config.danil.reduction = 'batch'
-  assert compare.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
+  assert grid_runs.finished_report(str(tmp_path), config) == {'macro_f1': 0.5}
   config.num_epochs = 4
-  assert compare.finished_report(str(tmp_path), config) is None
+  assert grid_runs.finished_report(str(tmp_path), config) is None
 
 
 def test_control_trains_danil_with_lam_0_whatever_the_sweep(tmp_path):
@@ -286,22 +288,23 @@ def test_control_trains_danil_with_lam_0_whatever_the_sweep(tmp_path):
   config.method = 'base'
   point = (('danil.lam', '1e-3', 1e-3), ('danil.reduction', 'batch', 'batch'),
            ('num_epochs', '5', 5))
-  settings = compare._run_settings(config, comparison.CONTROL, 7, point)
+  settings = compare_grid.run_settings(config, comparison.CONTROL, 7, point)
   assert (settings.method, settings.danil.lam, settings.danil.reduction,
           settings.num_epochs, settings.seed) == ('danil', 0.0, 'per_image',
                                                   5, 7)
   # Its directory names only the keys that change it.
-  assert compare.run_dir('w', 'control', 7, point) == os.path.join(
+  assert grid_runs.run_dir('w', 'control', 7, point) == os.path.join(
       'w', 'control_num_epochs=5_seed7')
   # A run saved as DANIL with lam = 0 (as trained elsewhere) is its result.
   saved = _config()
   saved.danil.lam, saved.num_epochs, saved.seed = 0.0, 5, 7
   (tmp_path / 'config.json').write_text(saved.to_json_best_effort())
   (tmp_path / 'final_metrics.json').write_text('{"macro_f1": 0.5}')
-  assert compare.finished_report(str(tmp_path), settings) == {'macro_f1': 0.5}
+  assert grid_runs.finished_report(str(tmp_path), settings) == {
+      'macro_f1': 0.5}
   saved.danil.lam = 1e-5  # a DANIL run is not the control
   (tmp_path / 'config.json').write_text(saved.to_json_best_effort())
-  assert compare.finished_report(str(tmp_path), settings) is None
+  assert grid_runs.finished_report(str(tmp_path), settings) is None
 
 
 def test_noise_floor_names_the_map_distance_where_scored():
@@ -343,12 +346,12 @@ def test_map_scalars_read_from_an_evaluation_of_the_same_step(tmp_path,
         median=1000.0, q1=0.0, q3=0.0, count=1)))
 
   monkeypatch.setattr(trained_run, 'evaluate_run', evaluate_run)
-  assert compare.map_scalars(str(tmp_path), config, dict(step=7)) == {
+  assert compare_grid.map_scalars(str(tmp_path), config, dict(step=7)) == {
       'log10_map_distance': pytest.approx(-2),
       'log10_map_distance_misclassified': pytest.approx(-1),
       'log10_map_distance_near_miss': pytest.approx(0)}
   assert not calls
   # A retrained run (another step): scored again.
-  scalars = compare.map_scalars(str(tmp_path), config, dict(step=8))
+  scalars = compare_grid.map_scalars(str(tmp_path), config, dict(step=8))
   assert calls == [(str(tmp_path), 'test', 'last', True)]
   assert scalars['log10_map_distance'] == pytest.approx(3)

@@ -12,8 +12,10 @@ import sys
 import numpy as np
 import pytest
 
+from danil_jax.experiments import grid_runs
 from danil_jax.experiments import paper_grid
 from danil_jax.experiments import paper_numbers as pn
+from danil_jax.experiments import paper_runs
 from danil_jax.experiments import paper_tables
 from danil_jax import data_prep
 from danil_jax.data_prep import testing
@@ -191,7 +193,6 @@ def test_control_row_and_paired_differences_with_interval():
 
 
 def test_the_control_trains_danil_with_lam_0(tmp_path):
-  from danil_jax import paper
   runs = paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
                          backbones=['small_resnet'],
                          methods=['base', 'control'], seeds=[0],
@@ -200,7 +201,7 @@ def test_the_control_trains_danil_with_lam_0(tmp_path):
   assert control.workdir.endswith(os.path.join('small_resnet',
                                                'control_seed0'))
   assert (control.config.method, control.config.danil.lam) == ('danil', 0.0)
-  line = paper.job_command(control)
+  line = paper_runs.job_command(control)
   assert '--config.method=danil' in line and '--config.danil.lam=0.0' in line
   with pytest.raises(ValueError, match='--methods'):
     paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
@@ -380,7 +381,6 @@ def test_bad_overrides_name_the_key(tmp_path):
 
 def test_headline_metrics_from_a_config_key_and_labelled_final_metrics(
     tmp_path):
-  from danil_jax import paper
   runs = paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
                          backbones=['small_resnet'], methods=['base'],
                          seeds=[0], pretrained_root='', config_overrides={})
@@ -388,18 +388,18 @@ def test_headline_metrics_from_a_config_key_and_labelled_final_metrics(
   run.config.unlock()
   run.config.eval = dict(headline_metrics=('patient_auroc', 'macro_f1'),
                          headline_flag=True)
-  assert paper.headline_metrics(runs, ['kappa']) == ['kappa', 'patient_auroc']
+  assert paper_runs.headline_metrics(runs, ['kappa']) == [
+      'kappa', 'patient_auroc']
   os.makedirs(run.workdir)
   with open(os.path.join(run.workdir, 'final_metrics.json'), 'w') as f:
     json.dump(dict(best=dict(macro_f1=0.9), last=dict(
         macro_f1=0.5, accuracy=0.75, patient_auroc=0.625, per_class_f1={})),
               f)
-  assert paper.final_metrics(run) == dict(macro_f1=0.5, accuracy=0.75,
-                                          patient_auroc=0.625)
+  assert grid_runs.final_metrics(run.workdir) == dict(
+      macro_f1=0.5, accuracy=0.75, patient_auroc=0.625)
 
 
 def test_collect_tabulates_the_calibration_metrics_runs_have(tmp_path):
-  from danil_jax import paper
   runs = paper_grid.plan(str(tmp_path), datasets=['crc_msi'],
                          backbones=['small_resnet'], methods=['base'],
                          seeds=[0, 1], pretrained_root='', config_overrides={})
@@ -408,7 +408,7 @@ def test_collect_tabulates_the_calibration_metrics_runs_have(tmp_path):
     with open(os.path.join(run.workdir, 'final_metrics.json'), 'w') as f:
       json.dump(dict(macro_f1=0.5, accuracy=0.75, ece=ece, brier=0.3,
                      calibration='not calibrated: no validation split'), f)
-  tables = paper.collect(runs, [0, 1])
+  tables = paper_runs.collect(runs, [0, 1])
   # No patient_auroc (the config's headline) nor ece_calibrated: no table.
   assert [t['title'] for t in tables['headline']] == [
       'Calibration: ece (lower is better)',
