@@ -1,4 +1,4 @@
-"""How far bf16 compute moves DANIL's maps and Ld from float32 (issue 14).
+"""How far bf16 compute moves DANIL's maps and Ld from float32.
 
   python benchmarks/bf16_maps.py                       # resnet50 64px b4
   python benchmarks/bf16_maps.py --model=small_resnet --size=32 --batch=8

@@ -1,5 +1,5 @@
 """Where a plain training step's time goes: every conv of a backbone, timed
-alone in JAX (XLA) and PyTorch (issue 5's profile of the backward convs).
+alone in JAX (XLA) and PyTorch (the profile of the backward convs).
 
   python benchmarks/conv_profile.py --model=resnet50 --size=224 --batch=8
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 5's GPU table: step_cost.py --torch in float32 and bfloat16 at
+# The GPU table: step_cost.py --torch in float32 and bfloat16 at
 # 224x224, batch 64, for every backbone, on one GPU.
 #
 #   OUT=/tmp/gpu_table DEADLINE_S=540 bash benchmarks/gpu_table.sh

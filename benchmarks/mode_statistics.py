@@ -1,4 +1,4 @@
-"""Which BatchNorm statistics for the misclassified-only mode's maps (issue 14).
+"""Which BatchNorm statistics for the misclassified-only mode's maps.
 
 The exact DANIL loss (`losses.danil_loss`) takes each image's maps A+ - A-
 (Eq. 2) through the train-mode forward: BatchNorm normalises with the

@@ -1,4 +1,4 @@
-"""Cost of a DANIL training step against a plain one (issue 5).
+"""Cost of a DANIL training step against a plain one.
 
   python benchmarks/step_cost.py                      # small_resnet, resnet50
   python benchmarks/step_cost.py --torch              # + PyTorch reference
@@ -37,7 +37,7 @@ the trainer's default is 'batch').
 and reports the median ms, the ratio to `plain`, the ratio in forward units,
 compile time and XLA temp memory. Every call starts from a copy of the same
 donated train state (copied outside the clock). DANIL/plain ~ 2.0 is the
-floor of an exact double backprop (issue 5).
+floor of an exact double backprop.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where one compiled training step spends its time, per XLA thunk (issue 5).
+"""Where one compiled training step spends its time, per XLA thunk.
 
   python benchmarks/step_profile.py --model=resnet50 --size=224 --batch=8
   python benchmarks/step_profile.py --method=danil --json=/tmp/thunks.json

@@ -1,4 +1,4 @@
-"""The DANIL step in PyTorch: what users would otherwise run (issue 5).
+"""The DANIL step in PyTorch: what users would otherwise run.
 
   python benchmarks/torch_reference.py --model=resnet50 --size=224 --batch=8
 

@@ -241,8 +241,11 @@ def _config_for(method: str, keys: dict):
   config.method = method
   if 'ema_decay' in keys:
     config.optim.ema_decay = keys.pop('ema_decay')
+  section = registry.METHODS[method].section
+  if keys and not section:
+    raise ValueError(f'method {method!r} takes no options, got {sorted(keys)}')
   if keys:
-    config[registry.METHODS[method].section or method].update(keys)
+    config[section].update(keys)
   return config
 
 

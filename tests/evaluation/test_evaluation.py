@@ -47,7 +47,7 @@ def demo_builder(tmp_path_factory):
                            data_dir=str(tmp_path_factory.mktemp('tfds')))
 
 
-# --- The evaluation loop (also issue 16: evaluation pinned). ---------------
+# --- The evaluation loop. --------------------------------------------------
 
 
 def test_predict_split_and_report_against_numpy_and_sklearn(demo_builder):

@@ -233,7 +233,7 @@ def test_danil_gradient_of_a_model_equals_stock_rules():
   _assert_trees_close(grads, grads_ref, rtol=1e-4)
 
 
-# ------------------------------------------- the switch (issue 14, item 1)
+# ------------------------------------------------------------- the switch
 
 
 class _TinyRulesNet(nn.Module):
