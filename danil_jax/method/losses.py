@@ -67,6 +67,15 @@ def ohem_loss(logits: jax.Array, labels: jax.Array,
 
 
 REDUCTIONS = ('per_image', 'batch')
+
+
+def check_reduction(reduction: str, caller: str) -> None:
+  """Raises ValueError naming `caller` unless `reduction` is a reading."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(f'{caller} reduction must be one of {REDUCTIONS}, got '
+                     f'{reduction!r}')
+
+
 # The trainer's reading (configs/default.py, danil.reduction): the one in
 # which the paper's lam = 1e-5 acts.
 DEFAULT_REDUCTION = 'batch'
@@ -118,11 +127,10 @@ def danil_loss(
   batch reading 1/(0 + eps) would be a constant with zero gradient but would
   report a loss of 1/eps, so it is set to 0 as Algorithm 1 line 11 does per
   image. Such a batch still pays for the double backprop;
-  the train step with `skip_correct=True` (trainer/train_step.py) skips it at the step level.
+  the train step with `skip_correct=True` (trainer/train_step.py) skips it
+  at the step level.
   """
-  if reduction not in REDUCTIONS:
-    raise ValueError(f'danil_loss reduction must be one of {REDUCTIONS}, got '
-                     f'{reduction!r}')
+  check_reduction(reduction, 'danil_loss')
   if has_aux:
     logits, input_vjp, model_aux = jax.vjp(logits_fn, x, has_aux=True)
   else:

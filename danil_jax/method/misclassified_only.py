@@ -71,9 +71,7 @@ def distraction_value_and_grad(logits_fn: Callable, params, x, labels, pred,
   images only, and both readings need the bucket's maps alone. `pred` is the
   pseudo label y- (Eq. 4). `bucket` is the capacity used (0: none).
   """
-  if reduction not in losses.REDUCTIONS:
-    raise ValueError(f'misclassified_only reduction must be one of '
-                     f'{losses.REDUCTIONS}, got {reduction!r}')
+  losses.check_reduction(reduction, 'misclassified_only')
   batch = x.shape[0]
   misclassified = pred != labels
   count = jnp.sum(misclassified.astype(jnp.int32))
