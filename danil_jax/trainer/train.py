@@ -254,6 +254,10 @@ def _train(run: Run, state, batches, train_step, gradient_share,
       share = (gradient_share(state, batch)
                if log_now and gradient_share is not None else None)
       state, step_metrics = train_step(state, batch)
+      # Decoded by a grain worker, the batch lives in shared memory: freed
+      # here, not held into the evaluation and past the iterator's close,
+      # where it outlives its worker and exit reports it leaked.
+      del batch
       step += 1
       nonfinite.add(step, step_metrics)
       nonfinite.check(keep_last=1)  # the newest step may still be running
