@@ -13,9 +13,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # cache for the session (inherited through the environment) compiles each
 # once. Set here, in the first conftest pytest loads, before any worker or
 # subprocess starts and before JAX is imported.
+# Every compile is kept, not only those over JAX's default second: the
+# demo-sized steps compile in well under one, and there are hundreds of them.
+# A size limit turns on the cache's file lock, so that two processes never
+# read an entry while the other writes it.
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
       prefix='danil_jax_tests_xla_cache_')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
 
 
 # ------------------------------------- what the multi-process tests share --

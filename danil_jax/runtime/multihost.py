@@ -242,8 +242,14 @@ def replicate(tree, mesh: Mesh):
   target = replicated(mesh)
 
   def put(x):
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+    if isinstance(x, jax.Array) and x.sharding == target:
       return x
+    if (isinstance(x, jax.Array) and x.is_fully_addressable
+        and x.sharding.is_equivalent_to(target, x.ndim)):
+      # Same devices, but the sharding is part of the type a jit traces:
+      # a single-device array would compile every step function once more
+      # when the first step's output (sharded over the mesh) comes back.
+      return jax.device_put(x, target)
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       x = x.addressable_data(0)  # already on every device; a local copy
     # jnp.asarray canonicalises dtypes (int64 -> int32) as device_put would.

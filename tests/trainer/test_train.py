@@ -1,6 +1,7 @@
 """The trainer end to end on the embedded demo data set."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import sys
 import time
 
 from absl import flags
+import jax
 import numpy as np
 import pytest
 
@@ -49,9 +51,17 @@ def read_log(workdir):
 
 @pytest.mark.parametrize('method', ['danil', 'ohem', 'base'])
 def test_runs_every_method_and_evaluates_the_whole_test_split(
-    tmp_path, data_dir, method):
-  report = train.train_and_evaluate(small_config(data_dir, method=method),
-                                    str(tmp_path))
+    tmp_path, data_dir, method, caplog):
+  with jax.log_compiles(), caplog.at_level(logging.WARNING, logger='jax'):
+    report = train.train_and_evaluate(small_config(data_dir, method=method),
+                                      str(tmp_path))
+  # Each step function compiles once: the state the first step returns has
+  # the shardings the step was compiled for (one device is a mesh too).
+  compiled = [r.getMessage().split()[1] for r in caplog.records
+              if r.getMessage().startswith('Compiling jit(')]
+  for step in ('jit(_train_step)', 'jit(eval_step)') + (
+      ('jit(gradient_share)',) if method == 'danil' else ()):
+    assert compiled.count(step) == 1, compiled
   log = read_log(tmp_path)
   train_lines = [r for r in log if r['kind'] == 'train']
   eval_lines = [r for r in log if r['kind'] == 'eval']
