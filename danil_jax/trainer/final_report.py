@@ -18,11 +18,19 @@ FILE = 'final_metrics.json'  # in the workdir: the report as JSON
 
 
 def score(run, eval_step, state, split: str, *, tta: str = 'none',
-           weights: str | None = None, calibrated: bool = False):
+          weights: str | None = None, calibrated: bool = False):
   """(predictions, report) of `state`'s `weights` (default run.weights) on
   `split`; `calibrated`: by a temperature fitted on the validation split."""
+  predictions = predict(run, eval_step, state, split, tta=tta,
+                        weights=weights, calibrated=calibrated)
+  return predictions, _report(run, predictions)
 
-  def predict(split):
+
+def predict(run, eval_step, state, split: str, *, tta: str = 'none',
+            weights: str | None = None, calibrated: bool = False):
+  """scoring.Predictions of `state` on `split`, as `score` takes them."""
+
+  def predict_split(split):
     if split not in run.metadata:
       run.metadata[split] = scoring.read_metadata(run.data.builder, split)
     return scoring.predict_split(
@@ -32,10 +40,12 @@ def score(run, eval_step, state, split: str, *, tta: str = 'none',
         metadata=run.metadata[split], num_workers=run.config.input.num_workers,
         tta=tta)
 
-  predictions = (scoring.predict_calibrated(predict, split, run.val_split)
-                 if calibrated else predict(split))
-  return predictions, scoring.report(predictions, run.data.class_names,
-                                     run.config.eval)
+  return (scoring.predict_calibrated(predict_split, split, run.val_split)
+          if calibrated else predict_split(split))
+
+
+def _report(run, predictions) -> dict:
+  return scoring.report(predictions, run.data.class_names, run.config.eval)
 
 
 def _final(run, state, step: int, *, reuse=None,
@@ -44,18 +54,16 @@ def _final(run, state, step: int, *, reuse=None,
   calibrated on the validation split. `reuse`: this state's predictions on
   eval_split with run.weights and without TTA, if at hand (used when there
   is nothing to add)."""
-  split = run.config.dataset.eval_split
   if (reuse is not None and run.config.eval.tta == 'none'
       and not run.val_split and weights in (None, run.weights)):
     predictions = scoring.calibrate(reuse, None)
-    report = scoring.report(predictions, run.data.class_names,
-                            run.config.eval)
   else:
-    predictions, report = score(run, run.final_eval_step, state, split,
-                                 tta=run.config.eval.tta, weights=weights,
-                                 calibrated=True)
-  return dict(step=step, predictions=predictions, report=report,
-              weights=weights or run.weights)
+    predictions = predict(run, run.final_eval_step, state,
+                          run.config.dataset.eval_split,
+                          tta=run.config.eval.tta, weights=weights,
+                          calibrated=True)
+  return dict(step=step, predictions=predictions,
+              report=_report(run, predictions), weights=weights or run.weights)
 
 
 def score_models(run, state, last_epoch: dict | None, best_manager):

@@ -52,12 +52,12 @@ class Run:
   total_steps: int
   # Scoring a split (scoring.Predictions, report): the splits, the metric
   # the best model is kept by, the weights scored, the compiled eval steps.
-  val_split: str = ''
-  epoch_split: str = ''
-  select_by: str = ''
-  weights: str = 'raw'
-  eval_step: Any = None
-  final_eval_step: Any = None  # with config.eval.tta
+  val_split: str
+  epoch_split: str
+  select_by: str
+  weights: str
+  eval_step: Any
+  final_eval_step: Any  # with config.eval.tta
   metadata: dict = dataclasses.field(default_factory=dict)  # per split
 
 

@@ -64,6 +64,12 @@ def _double_backprop(conv, x, w, ct):
   return jax.grad(scalar, argnums=(0, 1, 2))(x, w, ct)
 
 
+# Compiled: op by op, the custom rules' many small ops cost seconds a case.
+_jit_double_backprop = jax.jit(_double_backprop, static_argnums=0)
+_jit_vjp = jax.jit(lambda f, x, w, ct: jax.vjp(f, x, w)[1](ct),
+                   static_argnums=0)
+
+
 def _assert_trees_close(got, want, rtol=1e-5):
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     scale = float(jnp.max(jnp.abs(w))) or 1.0
@@ -96,9 +102,9 @@ def _check_conv_against_stock(case):
   y = stock(x, w)
   np.testing.assert_array_equal(jax.jit(mine)(x, w), y)  # same forward op
   ct = jax.random.normal(jax.random.PRNGKey(2), y.shape)
-  _assert_trees_close(jax.vjp(mine, x, w)[1](ct), jax.vjp(stock, x, w)[1](ct))
-  _assert_trees_close(jax.jit(_double_backprop, static_argnums=0)(
-      mine, x, w, ct), _double_backprop(stock, x, w, ct))
+  _assert_trees_close(_jit_vjp(mine, x, w, ct), jax.vjp(stock, x, w)[1](ct))
+  _assert_trees_close(_jit_double_backprop(mine, x, w, ct),
+                      _jit_double_backprop(stock, x, w, ct))
 
 
 @pytest.mark.parametrize('case', [CONV_CASES[0], CONV_CASES[2],
@@ -115,7 +121,8 @@ def test_conv_check_grads_second_order(case):
       (dx,) = jax.vjp(lambda x_: conv(x_, w), x)[1](ct)
       return jnp.sum(dx ** 2) + jnp.sum(jnp.tanh(conv(x, w)))
 
-    check_grads(input_grad_norm, (x, w), order=2, modes=['rev'], eps=1e-4)
+    check_grads(jax.jit(input_grad_norm), (x, w), order=2, modes=['rev'],
+                eps=1e-4)
 
 
 def test_stock_rules_context_uses_lax():
@@ -173,8 +180,8 @@ def test_max_pool_second_order_through_a_conv(case):
   stock = net(_stock_pool(window, strides, padding))
   mine = net(_ops_pool(window, strides, padding))
   ct = jax.random.normal(jax.random.PRNGKey(2), stock(x, w).shape)
-  _assert_trees_close(jax.jit(_double_backprop, static_argnums=0)(
-      mine, x, w, ct), _double_backprop(stock, x, w, ct))
+  _assert_trees_close(_jit_double_backprop(mine, x, w, ct),
+                      _jit_double_backprop(stock, x, w, ct))
   with jax.enable_x64(True):
     x64, w64 = x.astype(jnp.float64), w.astype(jnp.float64)
     ct64 = ct.astype(jnp.float64)
@@ -183,7 +190,8 @@ def test_max_pool_second_order_through_a_conv(case):
       (dx,) = jax.vjp(lambda x_: mine(x_, w_), x64)[1](ct64)
       return jnp.sum(dx ** 2)
 
-    check_grads(input_grad_norm, (w64,), order=2, modes=['rev'], eps=1e-5)
+    check_grads(jax.jit(input_grad_norm), (w64,), order=2, modes=['rev'],
+                eps=1e-5)
 
 
 class _TinyImageNetNet(nn.Module):
@@ -314,7 +322,7 @@ def test_forward_mode_points_at_stock_rules():
   apply = lambda model: lambda x_: model.apply(variables, x_, train=False)
   with pytest.raises(TypeError, match="conv_rules='stock'"):
     jax.jvp(apply(custom), (x,), (t,))
-  _, jt = jax.jvp(apply(stock), (x,), (t,))
+  jt = jax.jit(lambda x_, t_: jax.jvp(apply(stock), (x_,), (t_,))[1])(x, t)
   u = jax.random.normal(jax.random.PRNGKey(3), jt.shape)
-  (jtu,) = jax.vjp(apply(custom), x)[1](u)
+  (jtu,) = jax.jit(lambda x_, u_: jax.vjp(apply(custom), x_)[1](u_))(x, u)
   np.testing.assert_allclose(jnp.vdot(u, jt), jnp.vdot(jtu, t), rtol=1e-4)
