@@ -24,6 +24,25 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
 
 
+
+# The longest modules first (multi-process jobs, grids of runs, kill and
+# rerun): pytest-xdist hands tests out in collection order, and one of them
+# collected last keeps a worker busy for minutes while the other idles.
+# Within a module the order stays as written.
+LONGEST_FIRST = ('trainer/test_multihost_faults.py', 'trainer/test_multihost.py',
+                 'evaluation/test_multihost_eval.py',
+                 'experiments/test_paper.py', 'experiments/test_compare.py',
+                 'runtime/test_faults.py', 'models/test_convert.py')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    module = item.nodeid.partition('::')[0]
+    return next((i for i, name in enumerate(LONGEST_FIRST)
+                 if module.endswith(name)), len(LONGEST_FIRST))
+
+  items.sort(key=rank)
+
 # ------------------------------------- what the multi-process tests share --
 # The demo data set and the uninterrupted reference job (one process, two
 # devices) are built once per suite: pytest-xdist's workers share them
