@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 import tempfile
 
@@ -17,11 +18,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # demo-sized steps compile in well under one, and there are hundreds of them.
 # A size limit turns on the cache's file lock, so that two processes never
 # read an entry while the other writes it.
+# The process that made it (pytest, not its workers) removes it at the end.
+_CACHE_MADE_HERE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
-      prefix='danil_jax_tests_xla_cache_')
+  _CACHE_MADE_HERE = tempfile.mkdtemp(prefix='danil_jax_tests_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_MADE_HERE
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+
+
+def pytest_unconfigure(config):
+  del config
+  if _CACHE_MADE_HERE is not None:
+    shutil.rmtree(_CACHE_MADE_HERE, ignore_errors=True)
 
 
 
