@@ -16,15 +16,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # subprocess starts and before JAX is imported.
 # Every compile is kept, not only those over JAX's default second: the
 # demo-sized steps compile in well under one, and there are hundreds of them.
-# A size limit turns on the cache's file lock, so that two processes never
-# read an entry while the other writes it.
+# No size limit: with one, JAX locks the directory and lists every entry on
+# each write, thousands of times a suite. A half-written entry that another
+# process reads is an error JAX warns about, and it compiles instead.
 # The process that made it (pytest, not its workers) removes it at the end.
 _CACHE_MADE_HERE = None
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _CACHE_MADE_HERE = tempfile.mkdtemp(prefix='danil_jax_tests_xla_cache_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_MADE_HERE
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-  os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
 
 
 def pytest_unconfigure(config):
