@@ -1,3 +1,4 @@
+import functools
 import os
 import shutil
 import sys
@@ -14,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # cache for the session (inherited through the environment) compiles each
 # once. Set here, in the first conftest pytest loads, before any worker or
 # subprocess starts and before JAX is imported.
+#
 # Every compile is kept, not only those over JAX's default second: the
 # demo-sized steps compile in well under one, and there are hundreds of them.
 # No size limit: with one, JAX locks the directory and lists every entry on
@@ -31,7 +33,6 @@ def pytest_unconfigure(config):
   del config
   if _CACHE_MADE_HERE is not None:
     shutil.rmtree(_CACHE_MADE_HERE, ignore_errors=True)
-
 
 
 # The longest modules first (multi-process jobs, grids of runs, kill and
@@ -85,6 +86,14 @@ def demo_data_dir(tmp_path_factory):
   return _shared(tmp_path_factory, 'demo_data',
                  lambda path: data_prep.prepare('danil_demo',
                                                 data_dir=str(path)))
+
+
+@pytest.fixture(scope='session')
+def shared_dir(tmp_path_factory):
+  """`shared_dir(name, make)`: the directory `name`, made once by
+  `make(path)` for the whole suite, every xdist worker included. Read it
+  only: copy it to change it."""
+  return functools.partial(_shared, tmp_path_factory)
 
 
 @pytest.fixture(scope='session')

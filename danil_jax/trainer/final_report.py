@@ -21,12 +21,12 @@ def score(run, eval_step, state, split: str, *, tta: str = 'none',
           weights: str | None = None, calibrated: bool = False):
   """(predictions, report) of `state`'s `weights` (default run.weights) on
   `split`; `calibrated`: by a temperature fitted on the validation split."""
-  predictions = predict(run, eval_step, state, split, tta=tta,
+  predictions = _predict(run, eval_step, state, split, tta=tta,
                         weights=weights, calibrated=calibrated)
   return predictions, _report(run, predictions)
 
 
-def predict(run, eval_step, state, split: str, *, tta: str = 'none',
+def _predict(run, eval_step, state, split: str, *, tta: str = 'none',
             weights: str | None = None, calibrated: bool = False):
   """scoring.Predictions of `state` on `split`, as `score` takes them."""
 
@@ -58,7 +58,7 @@ def _final(run, state, step: int, *, reuse=None,
       and not run.val_split and weights in (None, run.weights)):
     predictions = scoring.calibrate(reuse, None)
   else:
-    predictions = predict(run, run.final_eval_step, state,
+    predictions = _predict(run, run.final_eval_step, state,
                           run.config.dataset.eval_split,
                           tta=run.config.eval.tta, weights=weights,
                           calibrated=True)

@@ -195,8 +195,8 @@ def checkpoint(workdir, step):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(demo_data_dir):
+  return str(demo_data_dir)
 
 
 @pytest.fixture(scope='module')

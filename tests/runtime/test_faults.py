@@ -21,6 +21,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -190,25 +191,30 @@ def train_steps(workdir):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(demo_data_dir):
+  return str(demo_data_dir)
+
+
+def _finished_run(shared_dir, name, data_dir, **overrides):
+  """The workdir of make_config(data_dir, **overrides) run to its end, one
+  for the whole suite (read it only)."""
+  return str(shared_dir(f'test_faults_{name}', lambda path: (
+      train.train_and_evaluate(make_config(data_dir, **overrides),
+                               str(path)))))
 
 
 @pytest.fixture(scope='module')
-def reference(tmp_path_factory, data_dir):
+def reference(shared_dir, data_dir):
   """The uninterrupted run's workdir."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  train.train_and_evaluate(make_config(data_dir), workdir)
+  workdir = _finished_run(shared_dir, 'reference', data_dir)
   assert saved_steps(workdir) == [6, 8]
   return workdir
 
 
 @pytest.fixture(scope='module')
-def reference_ema(tmp_path_factory, data_dir):
+def reference_ema(shared_dir, data_dir):
   """The uninterrupted run's workdir, with a weight EMA."""
-  workdir = str(tmp_path_factory.mktemp('reference_ema'))
-  train.train_and_evaluate(make_config(data_dir, **EMA), workdir)
-  return workdir
+  return _finished_run(shared_dir, 'reference_ema', data_dir, **EMA)
 
 
 # A decay the warm-up caps from step 3 on; the average is checkpointed with
@@ -217,10 +223,9 @@ EMA = {'optim.ema_decay': 0.3}
 
 
 @pytest.fixture(scope='module')
-def first_epoch(tmp_path_factory, data_dir):
+def first_epoch(shared_dir, data_dir):
   """A finished 1-epoch run (checkpoints 3 and 4), to rerun for longer."""
-  workdir = str(tmp_path_factory.mktemp('first_epoch'))
-  train.train_and_evaluate(make_config(data_dir, num_epochs=1), workdir)
+  workdir = _finished_run(shared_dir, 'first_epoch', data_dir, num_epochs=1)
   assert saved_steps(workdir) == [3, 4]
   return workdir
 
@@ -373,6 +378,37 @@ def test_train_step_keeps_the_old_state_on_a_non_finite_step(
     for old, new in zip(jax.tree.leaves(getattr(state, name)),
                         jax.tree.leaves(getattr(new_state, name))):
       np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
+def test_train_step_refuses_an_update_that_overflows_the_parameters():
+  # Loss and gradient finite, the updated weights not (an infinite rate):
+  # only the check of the new parameters can refuse this step.
+  state = tiny_state(0.05)
+  tx = optax.sgd(float('inf'))
+  state = state.replace(tx=tx, opt_state=tx.init(state.params))
+  new_state, metrics = jax.jit(train_step.step_for('base'))(state,
+                                                            tiny_batch())
+  assert np.isfinite(float(metrics['loss']))
+  assert np.isfinite(float(metrics['grad_norm']))
+  assert float(metrics['nonfinite']) == 1.0
+  for old, new in zip(jax.tree.leaves(state.params),
+                      jax.tree.leaves(new_state.params)):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
+@pytest.mark.parametrize('poison', [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('where', ['float32', 'bfloat16'])
+def test_all_finite_agrees_with_numpy(poison, where):
+  tree = dict(a=np.arange(6, dtype=np.float32).reshape(2, 3),
+              b=np.ones(4, jnp.bfloat16), count=np.int32(3),
+              empty=np.zeros((0, 2), np.float32))
+  if poison is not None:
+    leaf = 'a' if where == 'float32' else 'b'
+    tree[leaf] = tree[leaf].copy()
+    tree[leaf].flat[1] = poison
+  expected = all(np.isfinite(np.asarray(x, np.float32)).all()
+                 for x in jax.tree.leaves(tree))
+  assert bool(jax.jit(train_step._all_finite)(tree)) == expected
 
 
 def test_train_step_applies_a_finite_step():

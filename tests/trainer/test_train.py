@@ -25,8 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+def data_dir(demo_data_dir):
+  return str(demo_data_dir)
 
 
 def small_config(data_dir, num_workers=0, **overrides):
@@ -86,11 +86,12 @@ def test_runs_every_method_and_evaluates_the_whole_test_split(
 
 
 @pytest.fixture(scope='module')
-def straight_run(tmp_path_factory, data_dir):
-  """An uninterrupted 6-step run in the main process (no grain workers)."""
-  workdir = tmp_path_factory.mktemp('straight')
-  train.train_and_evaluate(small_config(data_dir, max_steps=6), str(workdir))
-  return workdir
+def straight_run(shared_dir, data_dir):
+  """An uninterrupted 6-step run in the main process (no grain workers), one
+  for the whole suite (read it only)."""
+  return shared_dir('test_train_straight_run', lambda path: (
+      train.train_and_evaluate(small_config(data_dir, max_steps=6),
+                               str(path))))
 
 
 def train_losses(workdir):
