@@ -21,9 +21,10 @@
 # and WORK/near_misses.png (A+ and A- of Base's near-miss test images under
 # Base and under DANIL at the largest lam, first seed).
 #
-# Cost on a 2-core CPU, from the README's per-epoch figures: per seed about
-# 4 min (Base) + 5 x 8 min (the control and four DANIL runs), 45 CPU-minutes,
-# so about 7.5 CPU-hours for 10 seeds; the map scoring adds seconds per run.
+# Cost on a 2-core CPU, two runs at a time (measured on seeds 0-6,
+# docs/science.md): a Base run 161 s, a control or DANIL run 326 s, about 30
+# CPU-minutes a seed, 5 CPU-hours for 10 seeds; the comparison, with every
+# run's maps, about 80 s more for 42 runs.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 WORK DATA [SEEDS] [JOBS] [--config.K=V ...]" >&2; exit 2; }
 work=$1 data=$2 seeds=${3:-0-9} jobs=${4:-2}
