@@ -22,12 +22,12 @@ def score(run, eval_step, state, split: str, *, tta: str = 'none',
   """(predictions, report) of `state`'s `weights` (default run.weights) on
   `split`; `calibrated`: by a temperature fitted on the validation split."""
   predictions = _predict(run, eval_step, state, split, tta=tta,
-                        weights=weights, calibrated=calibrated)
+                         weights=weights, calibrated=calibrated)
   return predictions, _report(run, predictions)
 
 
 def _predict(run, eval_step, state, split: str, *, tta: str = 'none',
-            weights: str | None = None, calibrated: bool = False):
+             weights: str | None = None, calibrated: bool = False):
   """scoring.Predictions of `state` on `split`, as `score` takes them."""
 
   def predict_split(split):
@@ -59,9 +59,9 @@ def _final(run, state, step: int, *, reuse=None,
     predictions = scoring.calibrate(reuse, None)
   else:
     predictions = _predict(run, run.final_eval_step, state,
-                          run.config.dataset.eval_split,
-                          tta=run.config.eval.tta, weights=weights,
-                          calibrated=True)
+                           run.config.dataset.eval_split,
+                           tta=run.config.eval.tta, weights=weights,
+                           calibrated=True)
   return dict(step=step, predictions=predictions,
               report=_report(run, predictions), weights=weights or run.weights)
 
